@@ -1,0 +1,259 @@
+"""Experiment configuration: pydantic models (typos are errors), YAML loading, dotted-key overrides."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from geocnn.errors import GeocnnError
+
+DATA_ENV = "GEOCNN_SHARED_DATA"
+"""Environment variable pointing at the real sample data; defaults to ../shared/data beside the project."""
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys are errors, not silent defaults."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(Strict):
+    """Where the images and labels come from, and how they are cut into chips."""
+
+    format: Literal["kaggle", "zoobot", "folders", "csv", "synthetic"] = Field(
+        "csv", description="Reader: kaggle (GalaxyID + Class1.1..Class11.6), zoobot (GZ DECaLS id_str/iauname + "
+        "vote columns), folders (one subfolder per class), csv (any id/file/target columns), synthetic (generated).")
+    catalog: str | None = Field(None, description="Catalog file (CSV/Parquet); not used by 'folders'/'synthetic'.")
+    images: str | None = Field(None, description="Image folder; relative file paths in the catalog resolve "
+                               "against it (default: the catalog's folder).")
+    id_column: str | None = Field(None, description="Id column (default per format: GalaxyID, id_str/iauname, id).")
+    file_column: str | None = Field(None, description="Image path column; if absent, images are found by id "
+                                    "(<id>.jpg/.png/.fits anywhere under 'images').")
+    targets: list[str] = Field(default_factory=list, description="Target columns, in output order "
+                               "(kaggle: all 37 by default; folders: the class label).")
+    group_column: str | None = Field(None, description="Optional group column (kept for grouped splits).")
+    crop: int = Field(207, gt=0, description="Centre crop in pixels before resizing (Dieleman et al.: 207 of 424).")
+    chip_size: int = Field(64, gt=0, description="Side of the stored chip in pixels after resizing.")
+    channels: Literal["rgb", "gray"] = Field("rgb", description="Read images as 3-band RGB or 1-band grayscale.")
+    synthetic_count: int = Field(1000, gt=0, description="Number of generated galaxies (format 'synthetic').")
+    synthetic_size: int = Field(128, gt=0, description="Side in pixels of generated galaxies (format 'synthetic').")
+    store_root: str = Field("data/stores", description="Folder holding chip stores (reused across runs).")
+
+
+class SplitConfig(Strict):
+    """Train/val/test assignment, deterministic for a seed."""
+
+    method: Literal["random", "stratified", "grouped"] = Field(
+        "random", description="random; stratified on 'stratify_column'; grouped keeps each group in one split.")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="Fraction of samples in validation.")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of samples in test.")
+    stratify_column: str | None = Field(None, description="Class column for stratified splits (default: the "
+                                        "classification target).")
+    group_column: str | None = Field(None, description="Group column for grouped splits.")
+    seed: int = Field(0, description="Seed of the split; the same seed gives the same split.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be < 1 so that some samples remain for training")
+        return self
+
+
+class ModelConfig(Strict):
+    """The network: a timm encoder, a head, and how its weights start and which of them train."""
+
+    backbone: str = Field("resnet18", description="Any timm model name (timm.list_models()).")
+    task: Literal["classification", "regression", "vote_fractions", "vote_counts"] = Field(
+        "classification", description="classification (cross-entropy), regression (MSE/Huber), vote_fractions "
+        "(Galaxy Zoo decision-tree head, Dieleman et al. 2015), vote_counts (Dirichlet-multinomial, Zoobot).")
+    weights: str = Field("random", description="'random', 'timm' (timm pretrained: needs a network), or a path "
+                         "to a local .safetensors/.pth state dict.")
+    transfer: Literal["from_scratch", "linear_probe", "partial", "full"] = Field(
+        "full", description="from_scratch (random init, all trained), linear_probe (encoder frozen), partial "
+        "(last n_blocks unfrozen, layer-wise lr decay), full (all trained).")
+    n_blocks: int = Field(2, ge=0, description="partial: number of last encoder blocks to unfreeze.")
+    layer_decay: float = Field(0.75, gt=0, le=1, description="partial/full: lr multiplier per block going down "
+                               "(1 = no decay).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
+    loss: Literal["auto", "mse", "huber", "cross_entropy", "dirichlet_multinomial"] = Field(
+        "auto", description="auto picks per task: cross_entropy, mse, mse (fractions), dirichlet_multinomial.")
+    sigmoid: bool = Field(False, description="regression: squash outputs to [0, 1] (vote fractions).")
+    class_weights: list[float] | Literal["balanced"] | None = Field(
+        None, description="classification: per-class loss weights, or 'balanced' (inverse train frequency).")
+    tree: Literal["kaggle"] = Field("kaggle", description="vote_fractions: the decision tree of the targets.")
+
+
+class OptimConfig(Strict):
+    """Optimiser and learning-rate schedule."""
+
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = Field("adamw", description="Optimiser.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="Weight decay (L2 for sgd/adam/rmsprop/adagrad).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd/rmsprop momentum.")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum.")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="LR schedule after warm-up.")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length in epochs.")
+    step_size: int = Field(10, gt=0, description="step schedule: epochs between decays.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor.")
+
+
+class AugmentConfig(Strict):
+    """Batch augmentation on tensors (train) and test-time augmentation (evaluation/prediction)."""
+
+    rotate: bool = Field(True, description="Random rotation 0-360 degrees.")
+    flip: bool = Field(True, description="Random horizontal/vertical flips.")
+    translate: float = Field(0.05, ge=0, le=0.5, description="Max shift as a fraction of the chip side.")
+    zoom: float = Field(0.1, ge=0, lt=1, description="Max zoom in/out as a fraction (log-uniform scale).")
+    brightness: float = Field(0.1, ge=0, lt=1, description="Max relative brightness change.")
+    tta_views: int = Field(8, ge=1, description="Test-time views averaged: 1, 2, 4, 8 = dihedral flips/rot90; "
+                           "other n = n rotations by 360/n degrees.")
+
+
+class TrainConfig(Strict):
+    """Training loop settings."""
+
+    epochs: int = Field(20, gt=0, description="Maximum epochs.")
+    batch_size: int = Field(64, gt=0, description="Training batch size.")
+    eval_batch_size: int = Field(128, gt=0, description="Batch size for validation, test and prediction.")
+    optimizer: OptimConfig = Field(default_factory=OptimConfig)
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    early_stopping_patience: int | None = Field(None, gt=0, description="Stop after this many epochs without "
+                                                "validation improvement.")
+    monitor: str | None = Field(None, description="Validation metric for checkpoint choice and early stopping "
+                                "(default: val/loss).")
+    monitor_mode: Literal["min", "max"] = Field("min", description="Whether the monitored metric improves down or up.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present, else CPU.")
+    resume: bool = Field(True, description="Resume from the last checkpoint in output_dir if one exists.")
+    limit_train_batches: float | int | None = Field(None, description="Debug: cap on batches per epoch.")
+
+
+class TrackingConfig(Strict):
+    """MLflow tracking and registry."""
+
+    enabled: bool = Field(True, description="Log the run to MLflow.")
+    tracking_uri: str | None = Field(None, description="MLflow URI (default: $MLFLOW_TRACKING_URI, else SQLite "
+                                     "at data/mlflow/mlflow.db).")
+    experiment: str = Field("geocnn", description="MLflow experiment name.")
+    registered_model: str | None = Field(None, description="Register the model under this name (None: don't).")
+    alias: str | None = Field(None, description="Set this alias (e.g. 'champion') on the new version.")
+
+
+class ExperimentConfig(Strict):
+    """One experiment: data -> split -> model -> training -> evaluation -> exports."""
+
+    name: str = Field("experiment", description="Experiment/run name.")
+    seed: int = Field(0, description="Seed for weights init, augmentation and data order.")
+    output_dir: str = Field("data/runs/{name}", description="Outputs: checkpoints, bundle, metrics.json, "
+                            "predictions, plots. '{name}' expands to the experiment name.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @property
+    def out(self) -> Path:
+        """The resolved output directory."""
+        return Path(self.output_dir.format(name=self.name))
+
+
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def shared_data_default() -> str:
+    """Default of ${GEOCNN_SHARED_DATA}: ../shared/data beside the project root."""
+    return str((Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def expand_env(text: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; GEOCNN_SHARED_DATA defaults to ../shared/data."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name == DATA_ENV and default is None:
+            default = shared_data_default()
+        value = os.environ.get(name, default)
+        if value is None:
+            raise GeocnnError(f"environment variable ${{{name}}} used in the config is not set; set it or write "
+                              f"${{{name}:-default}}")
+        return value
+
+    return _ENV.sub(sub, text)
+
+
+def _parse_value(raw: str) -> Any:
+    return yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise GeocnnError(f"override {item!r} must look like key.sub=value (e.g. train.epochs=5)")
+        key, raw = item.split("=", 1)
+        node = tree
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise GeocnnError(f"override {item!r}: '{p}' is a value, not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(expand_env(raw))
+    return tree
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}' (a typo? see the config reference in README.md)")
+        else:
+            lines.append(f"key '{key}': {e['msg']}")
+    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load a YAML config (or ``base``), expand ``${ENV}``, apply dotted overrides, validate."""
+    tree: dict[str, Any] = dict(base or {})
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.exists():
+            raise GeocnnError(f"config file {p} does not exist; see configs/ for examples")
+        try:
+            loaded = yaml.safe_load(expand_env(p.read_text()))
+        except yaml.YAMLError as exc:
+            raise GeocnnError(f"{p}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise GeocnnError(f"{p}: the top level must be a mapping of keys (name:, data:, model:, ...)")
+        tree.update(loaded)
+    tree = apply_overrides(tree, overrides or [])
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as err:
+        raise GeocnnError(_format_validation(err, source)) from None
+
+
+def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a config into ``a.b.c -> value`` pairs (for MLflow params)."""
+    tree = cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,1 @@
+"""Models: timm encoders, heads, losses and the Lightning task that joins them."""

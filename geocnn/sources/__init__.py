@@ -1,0 +1,1 @@
+"""Source readers: turn files on disk into validated Catalogs."""
