@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from geocnn.errors import GeocnnError
@@ -72,14 +72,26 @@ def _to_table(frame: pd.DataFrame, meta: dict[str, str]):  # noqa: ANN202 - pyar
     return table.replace_schema_metadata(merged)
 
 
+def _show(value: object) -> str:
+    """Repr of a cell for messages, without numpy's ``np.float64(...)`` wrapper."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
 def require_columns(frame: pd.DataFrame, columns: list[str], source: str, key: str) -> None:
     """Fail naming the missing columns, the file, the config key and the columns that do exist."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        shown = ", ".join(map(str, frame.columns[:40]))
+        import difflib
+
+        available = [str(c) for c in frame.columns]
+        shown = ", ".join(available[:40]) + (f", ... ({len(available) - 40} more)" if len(available) > 40 else "")
+        hints = {m: difflib.get_close_matches(str(m), available, n=1) for m in missing}
+        hint = "".join(f" Did you mean '{h[0]}' for '{m}'?" for m, h in hints.items() if h)
         raise GeocnnError(
             f"{source}: column(s) {missing} named by config key '{key}' not found. "
-            f"Available columns: {shown}. Fix the column name in the config."
+            f"Available columns: {shown}.{hint} Fix the column name in the config."
         )
 
 
@@ -95,30 +107,31 @@ def validate_targets(frame: pd.DataFrame, targets: list[str], source: str, *, fr
         if bad_type.any():
             i = int(bad_type.to_numpy().nonzero()[0][0])
             raise GeocnnError(
-                f"{source}: row {i + 2}, column '{col}': value {frame[col].iloc[i]!r} is not a number. "
+                f"{source}: row {i + 2}, column '{col}': value {_show(frame[col].iloc[i])} is not a number. "
                 "Fix or remove that row."
             )
-        nonfinite = ~values.map(lambda v: math.isfinite(v) if v == v else False)
+        nonfinite = pd.Series(~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan)), index=values.index)
         if nonfinite.any():
             i = int(nonfinite.to_numpy().nonzero()[0][0])
             raise GeocnnError(
-                f"{source}: row {i + 2}, column '{col}': value {frame[col].iloc[i]!r} is missing, NaN or infinite. "
-                "Fill it or drop the row."
+                f"{source}: row {i + 2}, column '{col}': value {_show(frame[col].iloc[i])} is missing, NaN or "
+                "infinite. Fill it or drop the row."
             )
         if fractions:
             out = (values < 0) | (values > 1)
             if out.any():
                 i = int(out.to_numpy().nonzero()[0][0])
                 raise GeocnnError(
-                    f"{source}: row {i + 2}, column '{col}': vote fraction {values.iloc[i]} is outside [0, 1]. "
-                    "Fractions must lie in [0, 1]; use task 'regression' for unbounded targets."
+                    f"{source}: row {i + 2}, column '{col}': vote fraction {_show(values.iloc[i])} is outside "
+                    "[0, 1]. Fractions must lie in [0, 1]; use task 'regression' for unbounded targets."
                 )
         if counts:
             out = values < 0
             if out.any():
                 i = int(out.to_numpy().nonzero()[0][0])
                 raise GeocnnError(
-                    f"{source}: row {i + 2}, column '{col}': vote count {values.iloc[i]} is negative."
+                    f"{source}: row {i + 2}, column '{col}': vote count {_show(values.iloc[i])} is negative. "
+                    "Counts must be >= 0; fix that row."
                 )
 
 
@@ -130,5 +143,6 @@ def validate_ids(frame: pd.DataFrame, source: str) -> None:
     if dup.any():
         rows = (dup.to_numpy().nonzero()[0][:2] + 2).tolist()
         raise GeocnnError(
-            f"{source}: duplicate id {frame[ID][dup].iloc[0]!r} at rows {rows}. Ids must be unique; remove the duplicate."
+            f"{source}: duplicate id {_show(frame[ID][dup].iloc[0])} at rows {rows}. Ids must be unique; "
+            "remove the duplicate."
         )

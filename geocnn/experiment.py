@@ -1,0 +1,200 @@
+"""The steps of one experiment as plain functions: ingest, split, train, evaluate, export, track."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geocnn.bundle import save_bundle
+from geocnn.catalog import Catalog
+from geocnn.config import ExperimentConfig
+from geocnn.datamodule import target_array
+from geocnn.evaluate import (classification_metrics, confusion, prefix_test, regression_metrics,
+                             vote_fraction_metrics)
+from geocnn.export import predictions_frame, write_tables
+from geocnn.io_utils import atomic_path
+from geocnn.models.network import GeoNet
+from geocnn.predict import predict_chips
+from geocnn.splits import SplitView, split_store
+from geocnn.store import ChipStore, build_galaxy_store
+from geocnn.train import FitResult, fit
+
+
+@dataclass
+class Evaluation:
+    """Test metrics (``test/*`` and ``baseline/*``), predictions of every sample, and plot files."""
+
+    metrics: dict[str, float]
+    predictions: pd.DataFrame
+    plots: list[Path] = field(default_factory=list)
+
+
+def read_catalog(cfg: ExperimentConfig) -> Catalog:
+    """The catalog named by ``cfg.data`` (generating the synthetic set first when format is 'synthetic')."""
+    from geocnn.sources.galaxy import read_galaxy_catalog
+
+    data = cfg.data
+    if data.format == "synthetic":
+        from geocnn.synthetic import make_galaxies
+
+        folder = Path(data.store_root).parent / "synthetic" / f"n{data.synthetic_count}_s{data.synthetic_size}_seed{cfg.seed}"
+        csv = folder / "catalog.csv"
+        if not csv.exists():
+            make_galaxies(folder, data.synthetic_count, data.synthetic_size, seed=cfg.seed)
+        data = data.model_copy(update={"format": "csv", "catalog": str(csv), "images": str(folder),
+                                       "targets": data.targets or ["morphology"]})
+    return read_galaxy_catalog(data, cfg.model.task)
+
+
+def ingest(cfg: ExperimentConfig, progress: bool = True) -> ChipStore:
+    """Read and validate the catalog, then build (or reuse) its chip store."""
+    catalog = read_catalog(cfg)
+    return build_galaxy_store(catalog, cfg.data.store_root, cfg.data.crop, cfg.data.chip_size, cfg.data.channels,
+                              progress=progress)
+
+
+def split(store: ChipStore, cfg: ExperimentConfig) -> SplitView:
+    """Assign train/val/test (stratified on the class target by default for classification)."""
+    stratify = store.targets[0] if cfg.model.task == "classification" else None
+    return split_store(store, cfg.split, stratify)
+
+
+def train(view: SplitView, cfg: ExperimentConfig, run_id: str | None = None, progress: bool = True) -> FitResult:
+    """Fit the model; per-epoch metrics go to the MLflow run when one is given."""
+    from geocnn.tracking import EpochMetrics
+
+    return fit(view, cfg, callbacks=[EpochMetrics(run_id)] if run_id else None, progress=progress)
+
+
+def observed_fractions(counts: np.ndarray, net: GeoNet) -> tuple[np.ndarray, np.ndarray]:
+    """Vote counts to fractions per question, and a mask of questions that got votes."""
+    frac = np.zeros_like(counts, dtype=np.float64)
+    mask = np.zeros_like(counts, dtype=bool)
+    for s, e, _ in net.spec.decision_tree().slices():
+        total = counts[:, s:e].sum(1, keepdims=True)
+        frac[:, s:e] = counts[:, s:e] / np.maximum(total, 1)
+        mask[:, s:e] = total > 0
+    return frac, mask
+
+
+def evaluate(net: GeoNet, view: SplitView, cfg: ExperimentConfig, out: Path | None = None) -> Evaluation:
+    """Predict every sample (with TTA), score the test split once against train-derived baselines, draw plots."""
+    from geocnn.plots import plot_confusion, plot_montage, plot_pred_vs_true
+
+    out = out or cfg.out
+    spec = net.spec
+    store = view.store
+    pred = predict_chips(net, store.chips, None, cfg.train.eval_batch_size, cfg.augment.tta_views, cfg.train.device)
+    y = target_array(view, spec.task)
+    test, tr = view.rows("test"), view.rows("train")
+    plots: list[Path] = []
+    if spec.task == "classification":
+        m = classification_metrics(y[test], pred[test], spec.classes, y[tr])
+        cm = confusion(y[test], pred[test].argmax(1), len(spec.classes))
+        plots.append(plot_confusion(cm, spec.classes, out / "plots" / "confusion_matrix.png"))
+        titles = [f"true: {spec.classes[a]}\npred: {spec.classes[b]} ({p:.2f})"
+                  for a, b, p in zip(y[test], pred[test].argmax(1), pred[test].max(1))]
+    else:
+        truth, mask = y.astype(np.float64), np.ones_like(y, dtype=bool)
+        if spec.task == "vote_counts":
+            truth, mask = observed_fractions(y, net)
+        shown = np.where(mask, pred, 0.0)
+        if spec.task == "regression":
+            m = regression_metrics(truth[test], shown[test], spec.targets, truth[tr].mean(0))
+        else:
+            tree = spec.decision_tree()
+            m = vote_fraction_metrics(truth[test], shown[test], spec.targets, truth[tr].mean(0), tree)
+        plots.append(plot_pred_vs_true(truth[test], shown[test], spec.targets, out / "plots" / "pred_vs_true.png"))
+        names = spec.targets[:2]
+        titles = ["\n".join(f"{n[:14]} {truth[i, j]:.2f}/{shown[i, j]:.2f}" for j, n in enumerate(names)) for i in test]
+    k = min(len(test), 32)
+    plots.append(plot_montage(np.asarray(store.chips[np.sort(test)[:k]]), titles[:k], out / "plots" / "test_montage.png"))
+    truth_frame = store.index[spec.targets]
+    frame = predictions_frame(store.index["id"].to_numpy(), pred, spec, view.split, truth_frame)
+    metrics = prefix_test(m)
+    metrics["test/n"] = float(len(test))
+    return Evaluation(metrics=metrics, predictions=frame, plots=plots)
+
+
+def export(evaluation: Evaluation, net: GeoNet, cfg: ExperimentConfig, store: ChipStore) -> dict[str, Path]:
+    """Write metrics.json, the prediction tables and the bundle into output_dir (each write atomic)."""
+    out = cfg.out
+    paths: dict[str, Path] = {}
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(evaluation.metrics, indent=2, sort_keys=True))
+    paths["metrics"] = out / "metrics.json"
+    for p in write_tables(evaluation.predictions, out):
+        paths[f"predictions_{p.suffix[1:]}"] = p
+    pre = {"kind": "galaxy", **store.meta["params"], "bands": store.meta["bands"], "dtype": store.meta["dtype"]}
+    paths["bundle"] = save_bundle(net, out / "bundle", pre, cfg.augment.tta_views,
+                                  extra={"experiment": cfg.name, "store_key": store.meta["key"]})
+    return paths
+
+
+def track(run_id: str, cfg: ExperimentConfig, evaluation: Evaluation, paths: dict[str, Path],
+          store: ChipStore) -> dict[str, str]:
+    """Log test metrics, plots, tables and the bundle model to the run; register and alias it if configured."""
+    from geocnn import tracking
+
+    tracking.log_metrics(run_id, evaluation.metrics)
+    tracking.log_artifacts(run_id, evaluation.plots, "plots")
+    tracking.log_artifacts(run_id, [paths["metrics"], paths["predictions_csv"], paths["predictions_parquet"]],
+                           "predictions")
+    example = np.asarray(store.chips[:2])
+    info = tracking.log_bundle_model(run_id, paths["bundle"], example, cfg.tracking.registered_model)
+    result = {"model_uri": info.model_uri}
+    version = getattr(info, "registered_model_version", None)
+    if cfg.tracking.registered_model and version is not None:
+        result["registered_version"] = str(version)
+        if cfg.tracking.alias:
+            tracking.set_alias(cfg.tracking.registered_model, cfg.tracking.alias, version, cfg.tracking.tracking_uri)
+    tracking.end_run(run_id)
+    return result
+
+
+def open_run(cfg: ExperimentConfig) -> str | None:
+    """Start the MLflow run, or reopen the one of an interrupted training being resumed."""
+    if not cfg.tracking.enabled:
+        return None
+    from geocnn import tracking
+    from geocnn.train import read_state, resume_checkpoint, write_state
+
+    previous = read_state(cfg.out).get("run_id") if resume_checkpoint(cfg) else None
+    run_id = tracking.start_run(cfg, resume_run_id=previous)
+    write_state(cfg.out, run_id=run_id)
+    return run_id
+
+
+def fail_run(run_id: str | None) -> None:
+    """Mark the run FAILED (the next run of the same command resumes it)."""
+    if run_id:
+        from geocnn import tracking
+
+        tracking.end_run(run_id, "FAILED")
+
+
+def summary(cfg: ExperimentConfig, evaluation: Evaluation, paths: dict[str, Path], run_id: str | None,
+            tracked: dict[str, str]) -> dict[str, object]:
+    """What a finished experiment reports: metrics, output paths, run id, model URI."""
+    return {"metrics": evaluation.metrics, "outputs": {k: str(v) for k, v in paths.items()}, "run_id": run_id,
+            **tracked}
+
+
+def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, object]:
+    """The whole experiment without Prefect: ingest -> split -> train -> evaluate -> export -> track."""
+    store = ingest(cfg, progress)
+    view = split(store, cfg)
+    run_id = open_run(cfg)
+    try:
+        result = train(view, cfg, run_id, progress)
+        evaluation = evaluate(result.net, view, cfg)
+        paths = export(evaluation, result.net, cfg, store)
+        tracked = track(run_id, cfg, evaluation, paths, store) if run_id else {}
+    except BaseException:
+        fail_run(run_id)
+        raise
+    return summary(cfg, evaluation, paths, run_id, tracked)
