@@ -1,0 +1,225 @@
+"""The `geocnn` command line (typer): demo, run, train, predict, export, alias."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from geocnn.errors import GeocnnError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune timm CNNs on galaxy images; track runs in MLflow; export predictions.")
+STATE: dict[str, bool] = {"debug": False}
+PROJECT = Path(__file__).resolve().parents[1]
+
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: key.sub=value")]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for user errors.")] = False) -> None:
+    """geocnn: CNNs for scientific imagery."""
+    STATE["debug"] = debug
+
+
+def fail(exc: BaseException) -> None:
+    """Print a user error without a traceback (unless --debug) and exit non-zero."""
+    if STATE["debug"]:
+        raise exc
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def guarded(fn: Any) -> Any:
+    """Turn GeocnnError (and user-caused OS errors) into a clean message and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (GeocnnError, FileNotFoundError, PermissionError) as exc:
+            fail(exc)
+        except Exception as exc:  # noqa: BLE001 - Prefect wraps task errors; unwrap ours
+            cause = exc
+            while cause is not None and not isinstance(cause, GeocnnError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            fail(cause)
+
+    return wrapper
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Test metrics beside baselines, output paths and the MLflow UI command."""
+    from geocnn.tracking import ui_command
+
+    metrics: dict[str, float] = summary["metrics"]
+    typer.echo("\nTest metrics (model vs baseline):")
+    for name, value in sorted(metrics.items()):
+        if name.startswith("test/") and "/" not in name.removeprefix("test/"):
+            base = metrics.get("baseline/" + name.removeprefix("test/"))
+            typer.echo(f"  {name:<28} {value:8.4f}" + ("" if base is None else f"   baseline {base:8.4f}"))
+    typer.echo("\nOutputs:")
+    for key, path in summary["outputs"].items():
+        typer.echo(f"  {key:<20} {path}")
+    if summary.get("run_id"):
+        typer.echo(f"\nMLflow run {summary['run_id']}  model {summary.get('model_uri', '-')}"
+                   + (f" (registered version {summary['registered_version']})" if "registered_version" in summary
+                      else ""))
+        typer.echo(f"Open the MLflow UI:  {ui_command()}")
+
+
+@app.command()
+@guarded
+def run(config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")], set_: SetOption = None,
+        no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run the steps without Prefect.")] = False,
+        ) -> None:
+    """Run the whole experiment as a Prefect flow: ingest, split, train, evaluate, export, track."""
+    if no_prefect:
+        from geocnn.config import load_config
+        from geocnn.experiment import run_experiment
+
+        summary = run_experiment(load_config(config, set_ or []))
+    else:
+        from pipelines.galaxy import galaxy_flow
+
+        summary = galaxy_flow(str(config), set_ or [])
+    print_summary(summary)
+
+
+@app.command()
+@guarded
+def train(config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")],
+          set_: SetOption = None) -> None:
+    """Train and evaluate without Prefect (library path); same outputs as `geocnn run`."""
+    from geocnn.config import load_config
+    from geocnn.experiment import run_experiment
+
+    print_summary(run_experiment(load_config(config, set_ or [])))
+
+
+@app.command()
+@guarded
+def demo(
+    quick: Annotated[bool, typer.Option(help="Smaller, faster demo (about a minute).")] = False,
+    no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run the steps without Prefect.")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Generate synthetic galaxies with known morphology and run the whole pipeline on them."""
+    overrides = list(set_ or [])
+    if quick:
+        overrides = ["data.synthetic_count=300", "train.epochs=3", *overrides]
+    typer.echo("geocnn demo: synthetic galaxies (elliptical, spiral, barred, ring, edge-on) -> resnet -> MLflow")
+    config = PROJECT / "configs" / "galaxy_demo.yaml"
+    if no_prefect:
+        from geocnn.config import load_config
+        from geocnn.experiment import run_experiment
+
+        summary = run_experiment(load_config(config, overrides))
+    else:
+        from pipelines.galaxy import galaxy_flow
+
+        summary = galaxy_flow(str(config), overrides)
+    print_summary(summary)
+
+
+@app.command()
+@guarded
+def predict(
+    model: Annotated[str, typer.Option("--model", "-m", help="Bundle folder, or models:/NAME@ALIAS, models:/NAME/V.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output table (.csv or .parquet).")],
+    images: Annotated[Optional[Path], typer.Option(help="Folder of images (searched recursively).")] = None,
+    catalog: Annotated[Optional[Path], typer.Option(help="CSV/Parquet with an id and a file column.")] = None,
+    id_column: Annotated[str, typer.Option(help="Id column of --catalog.")] = "id",
+    file_column: Annotated[str, typer.Option(help="Image path column of --catalog.")] = "file",
+    tta: Annotated[Optional[int], typer.Option(help="Test-time views (default: the bundle's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prediction batch size.")] = 64,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Predict images with a bundle or a registered MLflow model; write a table."""
+    from geocnn.bundle import load_bundle, resolve_model
+    from geocnn.export import predictions_frame, write_table
+    from geocnn.predict import load_chips, predict_chips
+    from geocnn.sources.galaxy import find_image_files, read_csv_catalog
+
+    if (images is None) == (catalog is None):
+        raise GeocnnError("give exactly one of --images DIR or --catalog FILE")
+    bundle = load_bundle(resolve_model(model))
+    if catalog is not None:
+        cat = read_csv_catalog(catalog, None, id_column=id_column, file_column=file_column, targets=[])
+        ids, paths = cat.frame["id"].to_numpy(), [Path(p) for p in cat.frame["image"]]
+    else:
+        if not images.is_dir():
+            raise GeocnnError(f"--images {images}: not a folder")
+        found = find_image_files(images)
+        if not found:
+            raise GeocnnError(f"--images {images}: no .jpg/.png/.fits images found")
+        ids, paths = list(found), list(found.values())
+    pre = bundle.preprocessing
+    chips = load_chips(paths, pre["crop"], pre["chip_size"], pre["channels"])
+    pred = predict_chips(bundle.net, chips, None, batch_size, bundle.tta_views if tta is None else tta, device,
+                         progress=True)
+    frame = predictions_frame(ids, pred, bundle.spec)
+    write_table(frame, out)
+    typer.echo(f"wrote {len(frame)} predictions to {out}")
+
+
+@app.command()
+@guarded
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run's output_dir (holds predictions.parquet).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into.")],
+    formats: Annotated[str, typer.Option(help="Comma-separated table formats: csv,parquet.")] = "csv,parquet",
+    split: Annotated[Optional[str], typer.Option(help="Only rows of this split (train, val, test).")] = None,
+) -> None:
+    """Export a run's predictions as tables (optionally one split only)."""
+    from geocnn.export import TABLE_FORMATS, read_table, write_tables
+
+    frame = read_table(run_dir / "predictions.parquet")
+    if split:
+        if split not in set(frame.get("split", [])):
+            raise GeocnnError(f"--split {split}: no rows of that split in {run_dir / 'predictions.parquet'}")
+        frame = frame[frame["split"] == split]
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    bad = [f for f in fmts if f not in TABLE_FORMATS]
+    if bad:
+        raise GeocnnError(f"--formats: unknown {bad}; choose from {list(TABLE_FORMATS)}")
+    for p in write_tables(frame, out, formats=fmts):
+        typer.echo(f"wrote {p}")
+
+
+@app.command()
+@guarded
+def alias(name: Annotated[str, typer.Argument(help="Registered model name.")],
+          version: Annotated[str, typer.Argument(help="Model version number.")],
+          alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="Alias, e.g. champion.")] = "champion",
+          ) -> None:
+    """Set a registry alias (e.g. champion) on a registered model version."""
+    from geocnn.tracking import set_alias
+
+    try:
+        set_alias(name, alias_name, version)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
+        raise GeocnnError(f"could not set alias {alias_name!r} on {name} version {version}: {exc}") from None
+    typer.echo(f"{name}@{alias_name} -> version {version}")
+
+
+@app.command()
+@guarded
+def config(path: Annotated[Path, typer.Argument(help="Experiment YAML.")], set_: SetOption = None) -> None:
+    """Validate a config and print it fully resolved (defaults filled in)."""
+    import yaml
+
+    from geocnn.config import load_config
+
+    typer.echo(yaml.safe_dump(load_config(path, set_ or []).model_dump(), sort_keys=False))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,1 @@
+"""Prefect flows: compositions of geocnn's plain functions (no domain logic here)."""

@@ -1,0 +1,56 @@
+"""Prefect flow for galaxy morphology: ingest -> split -> train -> evaluate -> export -> track."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from geocnn import experiment
+from geocnn.config import ExperimentConfig, load_config
+
+# Reading images and writing chips touches disks and network filesystems: retry those; training is not retried.
+ingest_task = task(experiment.ingest, name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+split_task = task(experiment.split, name="split", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+train_task = task(experiment.train, name="train", cache_policy=NO_CACHE)
+evaluate_task = task(experiment.evaluate, name="evaluate", cache_policy=NO_CACHE)
+export_task = task(experiment.export, name="export", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+track_task = task(experiment.track, name="track", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+
+
+def metrics_markdown(cfg: ExperimentConfig, summary: dict[str, Any]) -> str:
+    """A markdown report: test metrics beside baselines, MLflow run and model, output paths."""
+    metrics: dict[str, float] = summary["metrics"]  # type: ignore[assignment]
+    rows = ["| metric | model (test) | baseline |", "|---|---|---|"]
+    for name, value in sorted(metrics.items()):
+        if name.startswith("test/"):
+            base = metrics.get("baseline/" + name.removeprefix("test/"))
+            rows.append(f"| {name.removeprefix('test/')} | {value:.4f} | {'' if base is None else f'{base:.4f}'} |")
+    outputs = "\n".join(f"- {k}: `{v}`" for k, v in summary["outputs"].items())  # type: ignore[union-attr]
+    return (f"# {cfg.name}: test metrics\n\n" + "\n".join(rows) +
+            f"\n\nMLflow run: `{summary.get('run_id')}`; model: `{summary.get('model_uri', '-')}` "
+            f"(version {summary.get('registered_version', '-')})\n\n## Outputs\n{outputs}\n")
+
+
+@flow(name="galaxy-morphology", log_prints=True)
+def galaxy_flow(config: str | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one galaxy experiment from a YAML config (plus dotted overrides) and report its test metrics."""
+    cfg = load_config(config, overrides, base=base)
+    store = ingest_task(cfg, progress=False)
+    view = split_task(store, cfg)
+    run_id = experiment.open_run(cfg)
+    try:
+        result = train_task(view, cfg, run_id, progress=False)
+        evaluation = evaluate_task(result.net, view, cfg)
+        paths = export_task(evaluation, result.net, cfg, store)
+        tracked = track_task(run_id, cfg, evaluation, paths, store) if run_id else {}
+    except BaseException:
+        experiment.fail_run(run_id)
+        raise
+    summary = experiment.summary(cfg, evaluation, paths, run_id, tracked)
+    create_markdown_artifact(metrics_markdown(cfg, summary), key="galaxy-test-metrics",
+                             description=f"{cfg.name}: test metrics and MLflow run")
+    return summary
