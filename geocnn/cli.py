@@ -152,7 +152,8 @@ def predict(
         raise GeocnnError("give exactly one of --images DIR or --catalog FILE")
     bundle = load_bundle(resolve_model(model))
     if catalog is not None:
-        cat = read_csv_catalog(catalog, None, id_column=id_column, file_column=file_column, targets=[])
+        cat = read_csv_catalog(catalog, None, id_column=id_column, file_column=file_column, targets=[],
+                               require_targets=False)
         ids, paths = cat.frame["id"].to_numpy(), [Path(p) for p in cat.frame["image"]]
     else:
         if not images.is_dir():

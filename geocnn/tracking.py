@@ -118,7 +118,12 @@ def log_bundle_model(run_id: str, bundle_dir: Path, example: np.ndarray, registe
     """Log the bundle as an MLflow pyfunc model with an input example; register it when a name is given."""
     from geocnn.mlflow_model import BundleModel
 
-    with mlflow.start_run(run_id=run_id):
+    import logging
+    import warnings
+
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # cloudpickle notice: the class is imported by name
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints.*")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=BundleModel(), artifacts={"bundle": str(bundle_dir)},
             input_example=example, registered_model_name=registered_model,

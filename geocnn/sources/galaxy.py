@@ -243,7 +243,7 @@ def read_zoobot(catalog: Path, images: Path | None = None, targets: list[str] | 
     Args:
         catalog: CSV or Parquet catalog.
         images: image root; default the catalog's folder.
-        targets: target columns (required).
+        targets: target columns (required unless ``require_targets`` is False, as for prediction).
         id_column: id column; default the first of ``id_str``, ``iauname`` present.
         file_column: image path column; default the first of ``file_loc``, ``file``, ``png_loc``,
             ``local_png_loc`` present, else none (images found by id).
@@ -262,7 +262,7 @@ def read_zoobot(catalog: Path, images: Path | None = None, targets: list[str] | 
 
 def read_csv_catalog(catalog: Path, images: Path | None = None, id_column: str = "id",
                      file_column: str | None = "file", targets: list[str] | None = None, *,
-                     group_column: str | None = None) -> Catalog:
+                     group_column: str | None = None, require_targets: bool = True) -> Catalog:
     """Read any CSV or Parquet catalog with an id column, an image path column and target columns.
 
     Args:
@@ -270,7 +270,7 @@ def read_csv_catalog(catalog: Path, images: Path | None = None, id_column: str =
         images: folder that relative paths resolve against; default the catalog's folder.
         id_column: id column.
         file_column: image path column; None finds ``<id>.png/.jpg/.jpeg/.fits`` under ``images``.
-        targets: target columns (required).
+        targets: target columns (required unless ``require_targets`` is False, as for prediction).
         group_column: optional column kept as ``group``.
 
     Returns:
@@ -280,7 +280,8 @@ def read_csv_catalog(catalog: Path, images: Path | None = None, id_column: str =
         GeocnnError: on a missing file, empty catalog, absent column, duplicate id or missing image.
     """
     return _table_catalog(Path(catalog), images, id_column=id_column, id_candidates=(), file_column=file_column,
-                          file_candidates=(), targets=targets, group_column=group_column)
+                          file_candidates=(), targets=targets, group_column=group_column,
+                          require_targets=require_targets)
 
 
 def read_folders(root: Path) -> Catalog:
@@ -516,7 +517,8 @@ def _ids_as_text(values: pd.Series) -> pd.Series:
 
 def _table_catalog(path: Path, images: Path | str | None, *, id_column: str | None, id_candidates: Sequence[str],
                    file_column: str | None, file_candidates: Sequence[str], targets: list[str] | None,
-                   group_column: str | None, templates: Sequence[str] = ()) -> Catalog:
+                   group_column: str | None, templates: Sequence[str] = (),
+                   require_targets: bool = True) -> Catalog:
     """Shared body of the table readers: columns, ids, image paths (with the by-name fallback), targets."""
     source = str(path)
     header = _read_header(path)
@@ -531,10 +533,10 @@ def _table_catalog(path: Path, images: Path | str | None, *, id_column: str | No
         file_column = next((c for c in file_candidates if c in header), None)
     elif file_column not in header:
         require_columns(header_frame, [file_column], source, "data.file_column")
-    if not targets:
+    if not targets and require_targets:
         raise GeocnnError(f"{source}: no target columns: set data.targets to the column(s) to learn. "
                           f"Available columns: {', '.join(header[:40])}{', ...' if len(header) > 40 else ''}.")
-    targets = list(targets)
+    targets = list(targets or [])
     dupes = sorted({t for t in targets if targets.count(t) > 1})
     if dupes:
         raise GeocnnError(f"{source}: data.targets names {dupes} more than once; list each column once.")

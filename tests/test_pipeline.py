@@ -1,0 +1,219 @@
+"""End-to-end: train on generated galaxies, beat baselines, track in MLflow, reproduce predictions, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from geocnn.bundle import load_bundle
+from geocnn.config import load_config
+from geocnn.experiment import ingest, run_experiment, split
+from geocnn.synthetic import make_galaxies
+from geocnn.train import fit, read_state
+
+GEOCNN = [sys.executable, "-m", "geocnn.cli"]
+
+
+@pytest.fixture(scope="module")
+def galaxies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """250 synthetic galaxies (5 classes, 64 px) with a catalog.csv."""
+    return make_galaxies(tmp_path_factory.mktemp("syn"), 250, 64, seed=3)
+
+
+def small_config(tmp_path: Path, catalog: Path, *extra: str) -> list[str]:
+    """Overrides for a fast CPU experiment on the synthetic catalog."""
+    return [
+        "name=test_galaxies", f"output_dir={tmp_path / 'run'}", f"data.store_root={tmp_path / 'stores'}",
+        "data.format=csv", f"data.catalog={catalog}", "data.targets=[morphology]", "data.crop=48",
+        "data.chip_size=32", "split.method=stratified", "split.val_fraction=0.2", "split.test_fraction=0.2",
+        "model.backbone=resnet18", "model.task=classification", "train.epochs=6", "train.batch_size=32",
+        "train.optimizer.lr=0.003", "augment.tta_views=4", "tracking.registered_model=test_galaxies",
+        "tracking.alias=champion", *extra,
+    ]
+
+
+def test_classifier_beats_majority_baseline_and_is_tracked(tmp_path: Path, galaxies: Path) -> None:
+    cfg = load_config(overrides=small_config(tmp_path, galaxies))
+    summary = run_experiment(cfg, progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics == pytest.approx(summary["metrics"])
+    assert all(isinstance(v, float) for v in metrics.values())
+    # 5 balanced classes: the majority baseline is 0.2; the CNN must be far above it on held-out galaxies.
+    assert metrics["baseline/accuracy"] == pytest.approx(0.2, abs=0.02)
+    assert metrics["test/accuracy"] > 0.5, metrics
+    assert metrics["test/roc_auc"] > 0.8
+
+    # Tables: csv and parquet hold the same values; probabilities sum to 1; every split is present.
+    csv = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype={"id": str})
+    pq = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
+    pd.testing.assert_frame_equal(csv, pq, check_dtype=False)
+    probs = pq.filter(like="prob_").to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert set(pq["split"]) == {"train", "val", "test"}
+    test_rows = pq[pq["split"] == "test"]
+    assert (test_rows["pred_morphology"] == test_rows["morphology"]).mean() == pytest.approx(metrics["test/accuracy"])
+
+    # MLflow: resolved config as params, per-epoch metrics, test metrics, plots, tables, registered model + alias.
+    client = MlflowClient(mlflow.get_tracking_uri())
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "6" and run.data.params["model.backbone"] == "resnet18"
+    assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["test/accuracy"])
+    history = client.get_metric_history(run.info.run_id, "val/loss")
+    assert [m.step for m in history] == list(range(6))
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/test_montage.png"} <= arts
+    version = client.get_model_version_by_alias("test_galaxies", "champion")
+    assert str(version.version) == summary["registered_version"] == "1"
+
+    # The registered pyfunc model predicts chips the same way as the bundle.
+    store = ingest(cfg, progress=False)
+    chips = np.asarray(store.chips[:5])
+    pyfunc = mlflow.pyfunc.load_model("models:/test_galaxies@champion")
+    np.testing.assert_allclose(pyfunc.predict(chips), probs[:5], atol=1e-5)
+
+
+def test_predict_cli_reproduces_test_predictions_in_another_process(tmp_path: Path, galaxies: Path) -> None:
+    cfg = load_config(overrides=small_config(tmp_path, galaxies, "train.epochs=2", "tracking.enabled=false"))
+    run_experiment(cfg, progress=False)
+    table = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
+    test = table[table["split"] == "test"].reset_index(drop=True)
+    catalog = pd.read_csv(galaxies, dtype={"id": str})
+    new = catalog[catalog["id"].isin(test["id"])][["id", "file"]]
+    new["file"] = [str(galaxies.parent / f) for f in new["file"]]
+    new.to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "pred.parquet"
+    proc = subprocess.run([*GEOCNN, "predict", "--model", str(tmp_path / "run" / "bundle"), "--catalog",
+                           str(tmp_path / "new.csv"), "--out", str(out), "--device", "cpu"],
+                          capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    got = pd.read_parquet(out).set_index("id").loc[test["id"]]
+    np.testing.assert_allclose(got.filter(like="prob_").to_numpy(), test.filter(like="prob_").to_numpy(), atol=1e-6)
+    assert (got["pred_morphology"].to_numpy() == test["pred_morphology"].to_numpy()).all()
+
+
+def test_bundle_roundtrip_gives_identical_outputs(tmp_path: Path, galaxies: Path) -> None:
+    cfg = load_config(overrides=small_config(tmp_path, galaxies, "train.epochs=1", "tracking.enabled=false"))
+    run_experiment(cfg, progress=False)
+    bundle = load_bundle(tmp_path / "run" / "bundle")
+    meta = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())
+    assert meta["spec"]["backbone"] == "resnet18" and meta["spec"]["in_chans"] == 3
+    assert meta["preprocessing"]["crop"] == 48 and meta["preprocessing"]["chip_size"] == 32
+    assert meta["spec"]["classes"] == sorted(["elliptical", "spiral", "barred", "ring", "edge_on"])
+    assert len(meta["spec"]["mean"]) == 3 and meta["geocnn_version"]
+    store = ingest(cfg, progress=False)
+    chips = np.asarray(store.chips[:8])
+    from geocnn.predict import predict_array
+
+    table = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
+    np.testing.assert_allclose(predict_array(bundle, chips, device="cpu"), table.filter(like="prob_").to_numpy()[:8],
+                               atol=1e-6)
+    from geocnn.errors import GeocnnError
+
+    with pytest.raises(GeocnnError, match="expects"):
+        predict_array(bundle, chips[:, :2])  # wrong band count
+
+
+class Interrupt(L.Callback):
+    """Simulates a crash at the start of a given epoch (after earlier epochs were checkpointed)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_training_resumes_from_last_checkpoint_in_same_mlflow_run(tmp_path: Path,
+                                                                              galaxies: Path) -> None:
+    from geocnn.experiment import open_run, train
+
+    cfg = load_config(overrides=small_config(tmp_path, galaxies, "train.epochs=3"))
+    view = split(ingest(cfg, progress=False), cfg)
+    run_id = open_run(cfg)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(view, cfg, callbacks=[Interrupt(2)], progress=False)
+    from geocnn.experiment import fail_run
+
+    fail_run(run_id)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert read_state(cfg.out)["complete"] is False
+    client = MlflowClient(mlflow.get_tracking_uri())
+    assert client.get_run(run_id).info.status == "FAILED"
+
+    resumed_id = open_run(cfg)
+    assert resumed_id == run_id
+    result = train(view, cfg, resumed_id, progress=False)
+    assert result.resumed and result.epochs_run == 3
+    assert read_state(cfg.out)["complete"] is True
+    steps = [m.step for m in client.get_metric_history(run_id, "val/loss")]
+    assert steps[-1] == 2 and 2 not in steps[:-1]  # epoch 2 was trained once, after the resume
+
+    # A completed training is not resumed: the same command trains afresh.
+    again = fit(view, cfg, progress=False)
+    assert not again.resumed
+
+
+def test_regression_with_sigmoid_beats_train_mean(tmp_path: Path, galaxies: Path) -> None:
+    """axis_ratio (b/a in (0, 1]) is visible in the images: the CNN must beat predicting the train mean."""
+    cfg = load_config(overrides=small_config(
+        tmp_path, galaxies, "data.targets=[axis_ratio]", "model.task=regression", "model.sigmoid=true",
+        "split.method=random", "train.epochs=8", "tracking.enabled=false"))
+    summary = run_experiment(cfg, progress=False)
+    m = summary["metrics"]
+    assert m["test/rmse"] < 0.85 * m["baseline/rmse"], m
+    assert m["test/r2"] > 0.2 and "test/pearson_r2" in m and "test/mae" in m
+
+
+def test_vote_counts_with_dirichlet_multinomial_trains(tmp_path: Path, galaxies: Path) -> None:
+    """Zoobot-style vote counts: smooth/featured votes drawn from the known morphology."""
+    cat = pd.read_csv(galaxies, dtype={"id": str})
+    rng = np.random.default_rng(0)
+    p_smooth = np.where(cat["morphology"] == "elliptical", 0.85, 0.15)
+    total = rng.integers(5, 40, len(cat))
+    smooth = rng.binomial(total, p_smooth)
+    cat["smooth-or-featured_smooth"], cat["smooth-or-featured_featured"] = smooth, total - smooth
+    path = galaxies.parent / "counts.csv"
+    cat.to_csv(path, index=False)
+    cfg = load_config(overrides=small_config(
+        tmp_path, path, "data.targets=[smooth-or-featured_smooth,smooth-or-featured_featured]",
+        "model.task=vote_counts", "split.method=random", "train.epochs=12", "train.batch_size=16", "tracking.enabled=false"))
+    m = run_experiment(cfg, progress=False)["metrics"]
+    assert m["test/rmse"] < m["baseline/rmse"], m
+    assert "test/rmse/smooth-or-featured" in m
+
+
+def test_prefect_flow_runs_without_server_and_writes_artifact(tmp_path: Path, galaxies: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from pipelines.galaxy import galaxy_flow
+
+    summary = galaxy_flow(None, small_config(tmp_path, galaxies, "train.epochs=1"))
+    assert (tmp_path / "run" / "metrics.json").exists()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test/n"] == 50
+    assert MlflowClient(mlflow.get_tracking_uri()).get_run(summary["run_id"]).info.status == "FINISHED"
+
+    import asyncio
+
+    async def latest_artifact() -> str:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        async with get_client() as client:
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["galaxy-test-metrics"])))
+            return arts[-1].data if arts else ""
+
+    text = asyncio.run(latest_artifact())
+    assert summary["run_id"] in text and "| accuracy |" in text
