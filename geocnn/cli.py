@@ -81,11 +81,13 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML (see config
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run the steps without Prefect.")] = False,
         ) -> None:
     """Run the whole experiment as a Prefect flow: ingest, split, train, evaluate, export, track."""
+    from geocnn.config import load_config
+
+    cfg = load_config(config, set_ or [])  # fail fast, before any flow starts
     if no_prefect:
-        from geocnn.config import load_config
         from geocnn.experiment import run_experiment
 
-        summary = run_experiment(load_config(config, set_ or []))
+        summary = run_experiment(cfg)
     else:
         from pipelines.galaxy import galaxy_flow
 
@@ -117,11 +119,13 @@ def demo(
         overrides = ["data.synthetic_count=300", "train.epochs=3", *overrides]
     typer.echo("geocnn demo: synthetic galaxies (elliptical, spiral, barred, ring, edge-on) -> resnet -> MLflow")
     config = PROJECT / "configs" / "galaxy_demo.yaml"
+    from geocnn.config import load_config
+
+    cfg = load_config(config, overrides)
     if no_prefect:
-        from geocnn.config import load_config
         from geocnn.experiment import run_experiment
 
-        summary = run_experiment(load_config(config, overrides))
+        summary = run_experiment(cfg)
     else:
         from pipelines.galaxy import galaxy_flow
 
