@@ -86,3 +86,16 @@ def test_predict_rejects_non_bundle(tmp_path: Path) -> None:
 def test_alias_on_unknown_model_is_clean_error() -> None:
     res = runner.invoke(app, ["alias", "no_such_model", "1", "champion"])
     assert res.exit_code == 2 and "no_such_model" in res.output
+
+
+def test_demo_quick_runs_the_flow_and_beats_baseline(tmp_path: Path) -> None:
+    """`geocnn demo` (the README's main command), in its quick form, as a user runs it."""
+    import json
+
+    proc = run_cli("demo", "--quick", "--set", f"output_dir={tmp_path / 'demo'}",
+                   "--set", f"data.store_root={tmp_path / 'stores'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Test metrics (model vs baseline)" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert metrics["test/accuracy"] > metrics["baseline/accuracy"] + 0.2, metrics
+    assert (tmp_path / "synthetic").is_dir()  # generated beside the stores, not in the project

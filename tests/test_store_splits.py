@@ -250,6 +250,18 @@ def test_stratified_with_tiny_class_errors() -> None:
         assign_splits(frame, SplitConfig(method="stratified", stratify_column="label"))
 
 
+@pytest.mark.xfail(reason="BUG: stratified split with fewer val/test samples than classes leaks sklearn's raw "
+                          "ValueError ('test_size = 2 should be greater or equal to the number of classes') instead "
+                          "of a GeocnnError naming split.val_fraction / split.test_fraction",
+                   raises=ValueError, strict=True)
+@pytest.mark.parametrize(("val", "test"), [(0.15, 0.15), (0.1, 0.3)])
+def test_stratified_partition_smaller_than_class_count_names_fraction(val: float, test: float) -> None:
+    frame = pd.DataFrame({"id": range(12), "label": np.arange(12) % 3})  # 3 classes of 4 (enough to stratify)
+    with pytest.raises(GeocnnError, match=r"split\.(val|test)_fraction"):
+        assign_splits(frame, SplitConfig(method="stratified", stratify_column="label", val_fraction=val,
+                                         test_fraction=test))
+
+
 def test_grouped_without_group_column_errors() -> None:
     with pytest.raises(GeocnnError, match="split.group_column"):
         assign_splits(_frame(), SplitConfig(method="grouped"))
