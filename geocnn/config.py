@@ -19,7 +19,16 @@ DATA_ENV = "GEOCNN_SHARED_DATA"
 class Strict(BaseModel):
     """Base model: unknown keys are errors, not silent defaults."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_sections(cls, data: Any) -> Any:
+        """A section left empty in YAML (all keys commented out) means 'all defaults'."""
+        if isinstance(data, dict):
+            return {k: ({} if v is None and k in cls.model_fields and _is_section(cls, k) else v)
+                    for k, v in data.items()}
+        return data
 
 
 class DataConfig(Strict):
@@ -164,6 +173,11 @@ class ExperimentConfig(Strict):
         return Path(self.output_dir.format(name=self.name))
 
 
+def _is_section(model: type[BaseModel], key: str) -> bool:
+    annotation = model.model_fields[key].annotation
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
@@ -188,8 +202,17 @@ def expand_env(text: str) -> str:
     return _ENV.sub(sub, text)
 
 
+def expand_tree(node: Any) -> Any:
+    """Expand ``${VAR}`` in every string of a parsed YAML tree (after parsing, so values cannot break YAML)."""
+    if isinstance(node, dict):
+        return {k: expand_tree(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_tree(v) for v in node]
+    return expand_env(node) if isinstance(node, str) else node
+
+
 def _parse_value(raw: str) -> Any:
-    return yaml.safe_load(raw) if raw != "" else ""
+    return expand_tree(yaml.safe_load(raw)) if raw != "" else ""
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -201,11 +224,13 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = tree
         parts = key.strip().split(".")
         for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
+            if node.get(p) is None:
+                node[p] = {}
+            nxt = node[p]
             if not isinstance(nxt, dict):
                 raise GeocnnError(f"override {item!r}: '{p}' is a value, not a section")
             node = nxt
-        node[parts[-1]] = _parse_value(expand_env(raw))
+        node[parts[-1]] = _parse_value(raw)
     return tree
 
 
@@ -231,7 +256,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.exists():
             raise GeocnnError(f"config file {p} does not exist; see configs/ for examples")
         try:
-            loaded = yaml.safe_load(expand_env(p.read_text()))
+            loaded = expand_tree(yaml.safe_load(p.read_text()))
         except yaml.YAMLError as exc:
             raise GeocnnError(f"{p}: not valid YAML: {exc}") from None
         if loaded is None:

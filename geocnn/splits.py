@@ -71,6 +71,7 @@ def assign_splits(index: pd.DataFrame, cfg: SplitConfig, stratify: str | None = 
                     out[groups == g] = part
                     filled[part] += int(sizes[g])
                     break
+        _check_partitions(out, cfg)
         return out
     rows = np.arange(n)
     strat = None
@@ -82,6 +83,12 @@ def assign_splits(index: pd.DataFrame, cfg: SplitConfig, stratify: str | None = 
         if pd.Series(strat).value_counts().min() < 3:
             raise GeocnnError(f"split: a class of '{col}' has fewer than 3 samples, too few to stratify; use "
                               "split.method=random or add samples")
+        k = pd.Series(strat).nunique()
+        for part, size in (("val", n_val), ("test", n_test)):
+            if 0 < size < k:
+                raise GeocnnError(f"split: the {part} partition would hold {size} samples, fewer than the {k} "
+                                  f"classes of '{col}', so it cannot be stratified; raise split.{part}_fraction, "
+                                  "add samples, or use split.method=random")
     rest, test = train_test_split(rows, test_size=n_test, random_state=cfg.seed, stratify=strat) if n_test else (rows, [])
     if n_val:
         train, val = train_test_split(rest, test_size=n_val, random_state=cfg.seed + 1,
@@ -89,6 +96,16 @@ def assign_splits(index: pd.DataFrame, cfg: SplitConfig, stratify: str | None = 
         out[val] = "val"
     out[test] = "test"
     return out
+
+
+def _check_partitions(split: np.ndarray, cfg: SplitConfig) -> None:
+    """Fail when train, or a requested val/test partition, came out empty (e.g. too few, too large groups)."""
+    wanted = {"train": True, "val": cfg.val_fraction > 0, "test": cfg.test_fraction > 0}
+    empty = [p for p, want in wanted.items() if want and not (split == p).any()]
+    if empty:
+        raise GeocnnError(f"split: partition(s) {empty} would be empty with {cfg.method} split "
+                          f"(val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction}); lower "
+                          "split.val_fraction / split.test_fraction or use more groups")
 
 
 def split_store(store: ChipStore, cfg: SplitConfig, stratify: str | None = None) -> SplitView:

@@ -260,32 +260,24 @@ def test_shipped_config_loads(path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- known bugs
 
 
-@pytest.mark.xfail(reason="BUG: expand_env runs on the raw YAML text, so ${VAR} inside a YAML comment is expanded "
-                          "and an unset variable there aborts loading", strict=True)
 def test_env_reference_in_yaml_comment_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GEOCNN_SURELY_UNSET_VAR", raising=False)
     path = _write(tmp_path, "# point ${GEOCNN_SURELY_UNSET_VAR} at your own data\nname: x\n")
     assert load_config(path).name == "x"
 
 
-@pytest.mark.xfail(reason="BUG: expand_env substitutes into the YAML text before parsing, so a value holding "
-                          "YAML syntax (' #') is silently truncated", strict=True)
 def test_env_value_with_hash_is_taken_literally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DATA_ENV, "/mnt/survey #2")
     path = _write(tmp_path, "data:\n  catalog: ${GEOCNN_SHARED_DATA}/x.csv\n")
     assert load_config(path).data.catalog == "/mnt/survey #2/x.csv"
 
 
-@pytest.mark.xfail(reason="BUG: expand_env substitutes into the YAML text before parsing, so a value holding "
-                          "': ' breaks the YAML", strict=True)
 def test_env_value_with_colon_space_is_taken_literally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DATA_ENV, "/mnt/a: b")
     path = _write(tmp_path, "data:\n  catalog: ${GEOCNN_SHARED_DATA}/x.csv\n")
     assert load_config(path).data.catalog == "/mnt/a: b/x.csv"
 
 
-@pytest.mark.xfail(reason="BUG: override values are parsed as YAML and pydantic does not coerce numbers to str, "
-                          "so name=2024 / tracking.experiment=7 are rejected", strict=True)
 def test_numeric_looking_override_of_string_key() -> None:
     cfg = load_config(None, ["name=2024", "tracking.experiment=7"])
     assert cfg.name == "2024" and cfg.tracking.experiment == "7"

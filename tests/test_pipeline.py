@@ -217,3 +217,59 @@ def test_prefect_flow_runs_without_server_and_writes_artifact(tmp_path: Path, ga
 
     text = asyncio.run(latest_artifact())
     assert summary["run_id"] in text and "| accuracy |" in text
+
+
+def write_kaggle_format(galaxies: Path, out: Path) -> Path:
+    """The synthetic galaxies in the Kaggle Galaxy Zoo format, with 37 tree-consistent vote fractions.
+
+    Answer weights depend on the known morphology (ellipticals answer 'smooth', edge-on discs 'edge-on', spirals
+    'spiral arms', rings 'odd feature: ring') plus noise; the decision-tree constraint is applied with the head's
+    own rectify-normalise-scale rule, so the labels obey the tree exactly as the real ones do.
+    """
+    import shutil
+
+    import torch
+    from PIL import Image
+
+    from geocnn.models.heads import DecisionTreeHead
+    from geocnn.models.schema import KAGGLE_TREE
+
+    cat = pd.read_csv(galaxies, dtype={"id": str})
+    cols = KAGGLE_TREE.columns
+    base = {c: 0.2 for c in cols}
+    cues = {"elliptical": {"Class1.1": 3.0, "Class6.2": 2.0},
+            "edge_on": {"Class1.2": 3.0, "Class2.1": 3.0, "Class9.2": 2.0},
+            "spiral": {"Class1.2": 3.0, "Class2.2": 3.0, "Class4.1": 3.0, "Class3.2": 2.0},
+            "barred": {"Class1.2": 3.0, "Class2.2": 3.0, "Class3.1": 3.0, "Class4.1": 2.0},
+            "ring": {"Class1.2": 2.0, "Class2.2": 2.0, "Class6.1": 3.0, "Class8.1": 3.0}}
+    rng = np.random.default_rng(0)
+    raw = np.array([[base[c] + cues[m].get(c, 0.0) for c in cols] for m in cat["morphology"]])
+    raw = raw * rng.uniform(0.6, 1.4, raw.shape)
+    head = DecisionTreeHead(4, KAGGLE_TREE)
+    fractions = head.constrain(torch.tensor(raw, dtype=torch.float32)).numpy().round(6)
+    images = out / "images_training_rev1"
+    images.mkdir(parents=True)
+    ids = [str(100000 + i) for i in range(len(cat))]
+    for gid, f in zip(ids, cat["file"]):
+        Image.open(galaxies.parent / f).convert("RGB").save(images / f"{gid}.jpg", quality=95)
+    frame = pd.DataFrame(fractions, columns=cols)
+    frame.insert(0, "GalaxyID", ids)
+    frame.to_csv(out / "training_solutions_rev1.csv", index=False)
+    shutil.copy(galaxies, out / "morphology.csv")
+    return out / "training_solutions_rev1.csv"
+
+
+def test_decision_tree_head_learns_kaggle_vote_fractions(tmp_path: Path, galaxies: Path) -> None:
+    solutions = write_kaggle_format(galaxies, tmp_path / "kaggle")
+    cfg = load_config(overrides=small_config(
+        tmp_path, solutions, "data.format=kaggle", "data.targets=[]", "model.task=vote_fractions",
+        "split.method=random", "train.epochs=8", "train.batch_size=16", "tracking.enabled=false"))
+    summary = run_experiment(cfg, progress=False)
+    m = summary["metrics"]
+    assert m["test/rmse"] < 0.8 * m["baseline/rmse"], m
+    assert {"test/rmse/Class1", "test/rmse/Class11", "baseline/rmse/Class1"} <= set(m)
+    pred = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
+    q1 = pred[["pred_Class1.1", "pred_Class1.2", "pred_Class1.3"]].sum(1)
+    q2 = pred[["pred_Class2.1", "pred_Class2.2"]].sum(1)
+    np.testing.assert_allclose(q1, 1, atol=1e-4)
+    np.testing.assert_allclose(q2, pred["pred_Class1.2"], atol=1e-4)  # child sums to its parent answer

@@ -250,10 +250,6 @@ def test_stratified_with_tiny_class_errors() -> None:
         assign_splits(frame, SplitConfig(method="stratified", stratify_column="label"))
 
 
-@pytest.mark.xfail(reason="BUG: stratified split with fewer val/test samples than classes leaks sklearn's raw "
-                          "ValueError ('test_size = 2 should be greater or equal to the number of classes') instead "
-                          "of a GeocnnError naming split.val_fraction / split.test_fraction",
-                   raises=ValueError, strict=True)
 @pytest.mark.parametrize(("val", "test"), [(0.15, 0.15), (0.1, 0.3)])
 def test_stratified_partition_smaller_than_class_count_names_fraction(val: float, test: float) -> None:
     frame = pd.DataFrame({"id": range(12), "label": np.arange(12) % 3})  # 3 classes of 4 (enough to stratify)
@@ -278,9 +274,6 @@ def test_grouped_with_train_left_empty_errors_in_split_store(tmp_path: Path, cat
         split_store(store, cfg)
 
 
-@pytest.mark.xfail(reason="BUG: assign_splits(method=grouped) returns an empty train partition without error "
-                          "(its docstring promises an error naming split.val_fraction when a partition is empty)",
-                   strict=True)
 def test_grouped_assign_splits_rejects_empty_train() -> None:
     frame = pd.DataFrame({"id": range(30), "group": [f"s{i // 10}" for i in range(30)]})
     cfg = SplitConfig(method="grouped", group_column="group", val_fraction=0.4, test_fraction=0.4)

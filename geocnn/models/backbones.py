@@ -21,7 +21,7 @@ def create_encoder(name: str, in_chans: int, weights: str = "random") -> nn.Modu
         weights: 'random', 'timm' (timm's pretrained weights, needs a network or a filled HF cache), or a
             path to a local ``.safetensors`` / ``.pth`` state dict.
     """
-    if name not in timm.list_models():
+    if not timm.is_model(name.split(".")[0]):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise GeocnnError(f"model.backbone={name!r} is not a timm model. Similar: {close}. "
                           "See timm.list_models() for all names.")
@@ -43,7 +43,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError and OS errors
+            raise GeocnnError(f"{path}: not a valid .safetensors file ({exc}); re-export the weights") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - includes pickle refusals
