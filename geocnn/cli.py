@@ -201,6 +201,22 @@ def export(
 
 @app.command()
 @guarded
+def score(
+    table: Annotated[Path, typer.Argument(help="Predictions table (.csv or .parquet).")],
+    target: Annotated[str, typer.Option(help="Observed values column.")],
+    prediction: Annotated[str, typer.Option(help="Predicted values column.")],
+    group: Annotated[Optional[str], typer.Option(help="Score per group (e.g. country) and average over groups.")] = None,
+    by: Annotated[Optional[str], typer.Option(help="Also score per value of this column (e.g. urban).")] = None,
+) -> None:
+    """Score any predictions table; print one JSON object (pooled, per group, group mean, per --by value)."""
+    from geocnn.export import read_table
+    from geocnn.score import score_table
+
+    typer.echo(json.dumps(score_table(read_table(table), target, prediction, group, by, source=str(table)), indent=2))
+
+
+@app.command()
+@guarded
 def alias(name: Annotated[str, typer.Argument(help="Registered model name.")],
           version: Annotated[str, typer.Argument(help="Model version number.")],
           alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="Alias, e.g. champion.")] = "champion",

@@ -36,14 +36,14 @@ def metrics_markdown(cfg: ExperimentConfig, summary: dict[str, Any]) -> str:
 
 @flow(name="galaxy-morphology", log_prints=True)
 def galaxy_flow(config: str | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> dict[str, Any]:
+                base: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run one galaxy experiment from a YAML config (plus dotted overrides) and report its test metrics."""
     cfg = load_config(config, overrides, base=base)
-    store = ingest_task(cfg, progress=False)
+    store = ingest_task(cfg, progress=progress)
     view = split_task(store, cfg)
     run_id = experiment.open_run(cfg)
     try:
-        result = train_task(view, cfg, run_id, progress=False)
+        result = train_task(view, cfg, run_id, progress=progress)
         evaluation = evaluate_task(result.net, view, cfg)
         paths = export_task(evaluation, result.net, cfg, store)
         tracked = track_task(run_id, cfg, evaluation, paths, store) if run_id else {}

@@ -200,7 +200,7 @@ def test_prefect_flow_runs_without_server_and_writes_artifact(tmp_path: Path, ga
 
     from pipelines.galaxy import galaxy_flow
 
-    summary = galaxy_flow(None, small_config(tmp_path, galaxies, "train.epochs=1"))
+    summary = galaxy_flow(None, small_config(tmp_path, galaxies, "train.epochs=1"), progress=False)
     assert (tmp_path / "run" / "metrics.json").exists()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test/n"] == 50
     assert MlflowClient(mlflow.get_tracking_uri()).get_run(summary["run_id"]).info.status == "FINISHED"
