@@ -51,6 +51,8 @@ class DataConfig(Strict):
     channels: Literal["rgb", "gray"] = Field("rgb", description="Read images as 3-band RGB or 1-band grayscale.")
     synthetic_count: int = Field(1000, gt=0, description="Number of generated galaxies (format 'synthetic').")
     synthetic_size: int = Field(128, gt=0, description="Side in pixels of generated galaxies (format 'synthetic').")
+    synthetic_seed: int = Field(0, description="Seed of the generated galaxies (format 'synthetic'); independent of "
+                                "the model seed, so model seeds can vary on the same data.")
     store_root: str = Field("data/stores", description="Folder holding chip stores (reused across runs).")
 
 
@@ -135,11 +137,28 @@ class TrainConfig(Strict):
                                                 "validation improvement.")
     monitor: str | None = Field(None, description="Validation metric for checkpoint choice and early stopping "
                                 "(default: val/loss).")
-    monitor_mode: Literal["min", "max"] = Field("min", description="Whether the monitored metric improves down or up.")
+    monitor_mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="Whether the monitored metric improves down or up; auto: max for accuracy, "
+        "balanced_accuracy, auc, r2 and pearson metrics, min otherwise.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present, else CPU.")
     resume: bool = Field(True, description="Resume from the last checkpoint in output_dir if one exists.")
     limit_train_batches: float | int | None = Field(None, description="Debug: cap on batches per epoch.")
+
+
+    @property
+    def monitor_metric(self) -> str:
+        """The monitored validation metric (default val/loss)."""
+        return self.monitor or "val/loss"
+
+    @property
+    def monitor_direction(self) -> Literal["min", "max"]:
+        """min or max for the monitored metric, inferring 'auto' from its name."""
+        if self.monitor_mode != "auto":
+            return self.monitor_mode
+        leaf = self.monitor_metric.rsplit("/", 1)[-1]
+        return "max" if any(k in leaf for k in ("accuracy", "auc", "r2", "pearson")) else "min"
 
 
 class TrackingConfig(Strict):
@@ -178,7 +197,7 @@ def _is_section(model: type[BaseModel], key: str) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+_ENV = re.compile(r"\$\{(\w+)(?::-([^${}]*))?\}")
 
 
 def shared_data_default() -> str:
@@ -187,7 +206,7 @@ def shared_data_default() -> str:
 
 
 def expand_env(text: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}``; GEOCNN_SHARED_DATA defaults to ../shared/data."""
+    """Expand ``${VAR}`` and ``${VAR:-default}`` (defaults may nest); GEOCNN_SHARED_DATA defaults to ../shared/data."""
 
     def sub(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
@@ -199,7 +218,11 @@ def expand_env(text: str) -> str:
                               f"${{{name}:-default}}")
         return value
 
-    return _ENV.sub(sub, text)
+    while True:  # innermost first, so ${A:-${B}} works
+        expanded = _ENV.sub(sub, text)
+        if expanded == text:
+            return expanded
+        text = expanded
 
 
 def expand_tree(node: Any) -> Any:

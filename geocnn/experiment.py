@@ -41,10 +41,10 @@ def read_catalog(cfg: ExperimentConfig) -> Catalog:
     if data.format == "synthetic":
         from geocnn.synthetic import make_galaxies
 
-        folder = Path(data.store_root).parent / "synthetic" / f"n{data.synthetic_count}_s{data.synthetic_size}_seed{cfg.seed}"
+        folder = Path(data.store_root).parent / "synthetic" / f"n{data.synthetic_count}_s{data.synthetic_size}_seed{data.synthetic_seed}"
         csv = folder / "catalog.csv"
         if not csv.exists():
-            make_galaxies(folder, data.synthetic_count, data.synthetic_size, seed=cfg.seed)
+            make_galaxies(folder, data.synthetic_count, data.synthetic_size, seed=data.synthetic_seed)
         data = data.model_copy(update={"format": "csv", "catalog": str(csv), "images": str(folder),
                                        "targets": data.targets or ["morphology"]})
     return read_galaxy_catalog(data, cfg.model.task)

@@ -87,6 +87,8 @@ def fit(view: SplitView, cfg: ExperimentConfig, callbacks: list[L.Callback] | No
     Resumes from ``output_dir/checkpoints/last.ckpt`` when an earlier training there did not complete.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
     if len(view.rows("val")) == 0:
         raise GeocnnError("split: the validation partition is empty; set split.val_fraction > 0 (model selection "
                           "uses validation, never test)")
@@ -99,8 +101,7 @@ def fit(view: SplitView, cfg: ExperimentConfig, callbacks: list[L.Callback] | No
                         seed=cfg.seed, pin_memory=device.type == "cuda")
     task = GeoTask(net, cfg.model, cfg.train.optimizer, cfg.augment, cfg.train.epochs, dm.steps_per_epoch(),
                    class_weights(view, cfg), seed=cfg.seed)
-    monitor = cfg.train.monitor or "val/loss"
-    mode = cfg.train.monitor_mode if cfg.train.monitor else "min"
+    monitor, mode = cfg.train.monitor_metric, cfg.train.monitor_direction
     ckpt_dir = cfg.out / "checkpoints"
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
                            save_top_k=1, enable_version_counter=False)

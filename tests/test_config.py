@@ -281,3 +281,13 @@ def test_env_value_with_colon_space_is_taken_literally(tmp_path: Path, monkeypat
 def test_numeric_looking_override_of_string_key() -> None:
     cfg = load_config(None, ["name=2024", "tracking.experiment=7"])
     assert cfg.name == "2024" and cfg.tracking.experiment == "7"
+
+
+@pytest.mark.parametrize(("monitor", "mode", "expected"), [
+    (None, "auto", "min"), ("val/loss", "auto", "min"), ("val/accuracy", "auto", "max"),
+    ("val/auc", "auto", "max"), ("val/r2", "auto", "max"), ("val/rmse", "auto", "min"), ("val/accuracy", "min", "min"),
+])
+def test_monitor_direction_is_inferred_from_the_metric_name(monitor: str | None, mode: str, expected: str) -> None:
+    from geocnn.config import TrainConfig
+
+    assert TrainConfig(monitor=monitor, monitor_mode=mode).monitor_direction == expected
