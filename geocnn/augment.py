@@ -29,6 +29,10 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
         flip_v = rand(b) < 0.5
         x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
+    if cfg.rot90:
+        k = (rand(b) * 4).long().clamp(max=3)
+        x = torch.stack([torch.rot90(img, int(r), dims=(-2, -1)) for img, r in zip(x, k.tolist())]) \
+            if x.shape[-1] == x.shape[-2] else x
     if need_warp:
         angle = rand(b) * 2 * math.pi if cfg.rotate else torch.zeros(b, device=dev)
         scale = torch.exp((rand(b) * 2 - 1) * math.log1p(cfg.zoom)) if cfg.zoom > 0 else torch.ones(b, device=dev)
@@ -40,6 +44,9 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     if cfg.brightness > 0:
         factor = 1 + (rand(b) * 2 - 1) * cfg.brightness
         x = x * factor[:, None, None, None].to(x.dtype)
+    if cfg.band_brightness > 0:
+        factor = 1 + (rand(b, x.shape[1]) * 2 - 1) * cfg.band_brightness
+        x = x * factor[:, :, None, None].to(x.dtype)
     return x
 
 

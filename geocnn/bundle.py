@@ -65,6 +65,7 @@ def load_bundle(path: str | Path) -> Bundle:
     spec = NetSpec(**meta["spec"])
     net = GeoNet(spec, weights="random")
     missing, unexpected = net.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+    missing = [k for k in missing if k not in ("y_mean", "y_std") or spec.target_mean]  # bundles before 0.1: none
     if missing or unexpected:
         raise GeocnnError(f"{path}: weights do not fit the network in {META} (missing {missing[:3]}, unexpected "
                           f"{unexpected[:3]}); the bundle is damaged or from another version")

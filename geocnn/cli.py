@@ -13,9 +13,10 @@ import typer
 from geocnn.errors import GeocnnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune timm CNNs on galaxy images; track runs in MLflow; export predictions.")
+                  help="Fine-tune timm CNNs on galaxy images and satellite scenes; track runs in MLflow; export predictions and maps.")
 STATE: dict[str, bool] = {"debug": False}
 PROJECT = Path(__file__).resolve().parents[1]
+EARTH_FORMATS = ("survey", "synthetic_earth")
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: key.sub=value")]
 
@@ -65,6 +66,12 @@ def print_summary(summary: dict[str, Any]) -> None:
         if name.startswith("test/") and "/" not in name.removeprefix("test/"):
             base = metrics.get("baseline/" + name.removeprefix("test/"))
             typer.echo(f"  {name:<28} {value:8.4f}" + ("" if base is None else f"   baseline {base:8.4f}"))
+    others = sorted(k for k in metrics if k.startswith(("baseline_", "poorer_half/")) and
+                    k.rsplit("/", 1)[-1] in ("r2", "pearson_r2"))
+    if others:
+        typer.echo("\nOther baselines and the poorer half of clusters (same folds):")
+        for name in others:
+            typer.echo(f"  {name:<40} {metrics[name]:8.4f}")
     typer.echo("\nOutputs:")
     for key, path in summary["outputs"].items():
         typer.echo(f"  {key:<20} {path}")
@@ -84,10 +91,16 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML (see config
     from geocnn.config import load_config
 
     cfg = load_config(config, set_ or [])  # fail fast, before any flow starts
+    earth = cfg.data.format in EARTH_FORMATS
     if no_prefect:
         from geocnn.experiment import run_experiment
+        from geocnn.poverty import run_poverty
 
-        summary = run_experiment(cfg)
+        summary = (run_poverty if earth else run_experiment)(cfg)
+    elif earth:
+        from pipelines.poverty import poverty_flow
+
+        summary = poverty_flow(str(config), set_ or [])
     else:
         from pipelines.galaxy import galaxy_flow
 
@@ -102,27 +115,56 @@ def train(config: Annotated[Path, typer.Argument(help="Experiment YAML (see conf
     """Train and evaluate without Prefect (library path); same outputs as `geocnn run`."""
     from geocnn.config import load_config
     from geocnn.experiment import run_experiment
+    from geocnn.poverty import run_poverty
 
-    print_summary(run_experiment(load_config(config, set_ or [])))
+    cfg = load_config(config, set_ or [])
+    print_summary((run_poverty if cfg.data.format in EARTH_FORMATS else run_experiment)(cfg))
 
 
 @app.command()
 @guarded
 def demo(
-    quick: Annotated[bool, typer.Option(help="Smaller, faster demo (about a minute).")] = False,
+    domain: Annotated[str, typer.Argument(help="galaxy, earth, or all (both, one after the other).")] = "all",
+    quick: Annotated[bool, typer.Option(help="Smaller, faster demo (about a minute per domain).")] = False,
     no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run the steps without Prefect.")] = False,
     set_: SetOption = None,
 ) -> None:
-    """Generate synthetic galaxies with known morphology and run the whole pipeline on them."""
-    overrides = list(set_ or [])
-    if quick:
-        overrides = ["data.synthetic_count=300", "train.epochs=3", *overrides]
-    typer.echo("geocnn demo: synthetic galaxies (elliptical, spiral, barred, ring, edge-on) -> resnet -> MLflow")
-    config = PROJECT / "configs" / "galaxy_demo.yaml"
+    """Generate synthetic data with a known signal and run the whole pipeline on it (galaxies and/or Earth)."""
+    if domain not in ("galaxy", "earth", "all"):
+        raise GeocnnError(f"geocnn demo: unknown domain {domain!r}; use galaxy, earth or all")
+    for name in (["galaxy", "earth"] if domain == "all" else [domain]):
+        run_demo(name, quick, no_prefect, list(set_ or []))
+
+
+DEMOS = {
+    "galaxy": ("galaxy_demo.yaml", ["data.synthetic_count=300", "train.epochs=3"],
+               "synthetic galaxies (elliptical, spiral, barred, ring, edge-on) -> resnet -> MLflow"),
+    "earth": ("poverty_demo.yaml", ["earth.synthetic_size=512", "earth.synthetic_clusters=160",
+                                    "two_stage.stage1_chips=800", "train.epochs=3"],
+              "synthetic Landsat-like scene + night lights + survey clusters -> two-stage CNN (Jean et al.) -> "
+              "out-of-country metrics, maps, MLflow"),
+}
+
+
+def run_demo(domain: str, quick: bool, no_prefect: bool, overrides: list[str]) -> None:
+    """One domain's demo through the Prefect flow (or the plain library path)."""
+    config_name, quick_overrides, what = DEMOS[domain]
+    overrides = [*quick_overrides, *overrides] if quick else overrides
+    typer.echo(f"geocnn demo {domain}: {what}")
+    config = PROJECT / "configs" / config_name
     from geocnn.config import load_config
 
     cfg = load_config(config, overrides)
-    if no_prefect:
+    if domain == "earth":
+        if no_prefect:
+            from geocnn.poverty import run_poverty
+
+            summary = run_poverty(cfg)
+        else:
+            from pipelines.poverty import poverty_flow
+
+            summary = poverty_flow(str(config), overrides)
+    elif no_prefect:
         from geocnn.experiment import run_experiment
 
         summary = run_experiment(cfg)
@@ -197,6 +239,25 @@ def export(
         raise GeocnnError(f"--formats: unknown {bad}; choose from {list(TABLE_FORMATS)}")
     for p in write_tables(frame, out, formats=fmts):
         typer.echo(f"wrote {p}")
+
+
+@app.command("map")
+@guarded
+def map_(
+    model: Annotated[str, typer.Option("--model", help="Earth bundle folder or models:/NAME@ALIAS (the CNN).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for prediction.tif and prediction.png.")],
+    scene: Annotated[Optional[list[str]], typer.Option("--scene", help="Scene GeoTIFF(s) (default: the "
+                                                                       "training scenes).")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Window stride in native pixels (default: half a chip).")] = None,
+    grid: Annotated[Optional[str], typer.Option(help="Write on the grid of this raster (CRS, transform, shape).")]
+    = None,
+) -> None:
+    """Wall-to-wall prediction map of a scene with a saved Earth model (sliding windows, overlaps averaged)."""
+    from geocnn.poverty import map_from_bundle
+
+    paths = map_from_bundle(model, out, scene, stride, grid)
+    for key, path in paths.items():
+        typer.echo(f"{key:<10} {path}")
 
 
 @app.command()

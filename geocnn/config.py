@@ -34,9 +34,11 @@ class Strict(BaseModel):
 class DataConfig(Strict):
     """Where the images and labels come from, and how they are cut into chips."""
 
-    format: Literal["kaggle", "zoobot", "folders", "csv", "synthetic"] = Field(
+    format: Literal["kaggle", "zoobot", "folders", "csv", "synthetic", "survey", "synthetic_earth"] = Field(
         "csv", description="Reader: kaggle (GalaxyID + Class1.1..Class11.6), zoobot (GZ DECaLS id_str/iauname + "
-        "vote columns), folders (one subfolder per class), csv (any id/file/target columns), synthetic (generated).")
+        "vote columns), folders (one subfolder per class), csv (any id/file/target columns), synthetic (generated "
+        "galaxies); Earth: survey (points from CSV/Parquet/GeoJSON + the rasters of the 'earth' section), "
+        "synthetic_earth (a generated scene, night lights and survey clusters).")
     catalog: str | None = Field(None, description="Catalog file (CSV/Parquet); not used by 'folders'/'synthetic'.")
     images: str | None = Field(None, description="Image folder; relative file paths in the catalog resolve "
                                "against it (default: the catalog's folder).")
@@ -56,11 +58,82 @@ class DataConfig(Strict):
     store_root: str = Field("data/stores", description="Folder holding chip stores (reused across runs).")
 
 
+class EarthConfig(Strict):
+    """Earth imagery: scenes, extra raster layers, chips around survey points, night-light label rasters."""
+
+    scenes: list[str] = Field(default_factory=list, description="GeoTIFF scenes (several = one mosaic); a path "
+                              "containing '{band}' stacks one file per band in the order of 'bands'.")
+    bands: list[str] | None = Field(None, description="Bands to read: names (descriptions or the {band} tokens) or "
+                                    "1-based indices; default all.")
+    nodata: float | None = Field(None, description="Nodata value of the scenes (default: from the files).")
+    layers: list[str] = Field(default_factory=list, description="Extra single- or multi-band rasters (any grid/CRS) "
+                              "appended as bands, read over the same ground box as the scene chip (e.g. WorldClim).")
+    lat_column: str = Field("lat", description="Latitude column (EPSG:4326) of the survey points.")
+    lon_column: str = Field("lon", description="Longitude column (EPSG:4326) of the survey points.")
+    urban_column: str | None = Field(None, description="Urban/rural column, for the worse-of-urban/rural metric.")
+    weight_column: str | None = Field(None, description="Survey weight column (kept in the index).")
+    chip_m: float | None = Field(None, gt=0, description="Chip footprint in metres (else chip_px).")
+    chip_px: int | None = Field(None, gt=0, description="Chip footprint in native pixels of the first scene.")
+    max_nodata_fraction: float = Field(0.5, ge=0, le=1, description="Drop chips with more nodata than this "
+                                       "(counted in the ingest report).")
+    chips_per_cluster: int = Field(1, gt=0, description="n: an n x n grid of chips over 'cluster_box_m' around each "
+                                   "point (Jean et al.); features/predictions are averaged per cluster.")
+    cluster_box_m: float = Field(10000.0, gt=0, description="Side in metres of the box the chip grid covers.")
+    label_raster: str | None = Field(None, description="Label raster (night lights): a per-chip statistic becomes "
+                                     "the target 'label_name'.")
+    label_name: str = Field("nightlights", description="Name of the target computed from label_raster.")
+    label_statistic: Literal["mean", "median", "max"] = Field("mean", description="Statistic of the label raster "
+                                                               "over the chip footprint.")
+    label_classes: Literal["quantiles", "gmm"] | None = Field(None, description="Turn the label statistic into "
+                                                               "classes (Jean et al.: 3 night-light classes by GMM).")
+    n_label_classes: int = Field(3, ge=2, description="Number of label classes.")
+    baseline_raster: str | None = Field(None, description="Night-light raster for the gradient-boosting baseline "
+                                        "(mean night light around each cluster at baseline_radii_px).")
+    baseline_radii_px: list[int] = Field(default_factory=lambda: [1, 3, 7, 15], description="Window sides in "
+                                         "native pixels of baseline_raster for the baseline's features.")
+    synthetic_size: int = Field(1024, gt=0, description="synthetic_earth: scene side in pixels.")
+    synthetic_clusters: int = Field(300, gt=0, description="synthetic_earth: number of survey clusters.")
+    synthetic_seed: int = Field(0, description="synthetic_earth: generator seed.")
+
+    @model_validator(mode="after")
+    def _footprint(self) -> "EarthConfig":
+        if self.chip_m is not None and self.chip_px is not None:
+            raise ValueError("set only one of chip_m (metres) and chip_px (native pixels)")
+        return self
+
+
+class MapsConfig(Strict):
+    """Wall-to-wall prediction maps over the first scene (sliding windows, streamed)."""
+
+    enabled: bool = Field(True, description="Write a prediction map (GeoTIFF + PNG) of the first scene.")
+    stride_px: int | None = Field(None, gt=0, description="Window stride in native scene pixels (default: half "
+                                  "the chip footprint; overlaps are averaged).")
+    target_grid: str | None = Field(None, description="Write on the grid (CRS, transform, shape) of this raster, "
+                                    "e.g. a published map, and predict only the scene area it covers.")
+    batch_size: int = Field(128, gt=0, description="Windows per model batch.")
+
+
+class TwoStageConfig(Strict):
+    """Jean et al. 2016: CNN on night lights over many chips, then ridge on cluster-averaged features."""
+
+    enabled: bool = Field(False, description="Run the two-stage model (else the CNN regresses the targets directly).")
+    stage1_chips: int = Field(3000, gt=0, description="Chips sampled across the scenes to train stage 1 on the "
+                              "label raster (night lights).")
+    alphas: list[float] = Field(default_factory=lambda: [10.0 ** k for k in range(-3, 5)],
+                                description="Ridge alphas searched inside the training folds.")
+    inner_folds: int = Field(4, ge=2, description="Inner grouped CV folds choosing alpha.")
+
+
 class SplitConfig(Strict):
     """Train/val/test assignment, deterministic for a seed."""
 
-    method: Literal["random", "stratified", "grouped"] = Field(
-        "random", description="random; stratified on 'stratify_column'; grouped keeps each group in one split.")
+    method: Literal["random", "stratified", "grouped", "blocks"] = Field(
+        "random", description="random; stratified on 'stratify_column'; grouped keeps each group in one split; "
+        "blocks groups points into square spatial blocks of block_km.")
+    block_km: float = Field(50.0, gt=0, description="blocks: block side in km.")
+    folds: int | Literal["groups"] | None = Field(
+        None, description="Grouped cross-validation: k folds of groups (or blocks), each the test set once, the "
+        "union of out-of-fold predictions scored; 'groups' = leave one group out (e.g. out of country).")
     val_fraction: float = Field(0.15, ge=0, lt=1, description="Fraction of samples in validation.")
     test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of samples in test.")
     stratify_column: str | None = Field(None, description="Class column for stratified splits (default: the "
@@ -72,6 +145,8 @@ class SplitConfig(Strict):
     def _fractions(self) -> "SplitConfig":
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be < 1 so that some samples remain for training")
+        if isinstance(self.folds, int) and self.folds < 2:
+            raise ValueError("folds must be at least 2 (or 'groups' for leave-one-group-out, or null for one split)")
         return self
 
 
@@ -118,6 +193,10 @@ class AugmentConfig(Strict):
 
     rotate: bool = Field(True, description="Random rotation 0-360 degrees.")
     flip: bool = Field(True, description="Random horizontal/vertical flips.")
+    rot90: bool = Field(False, description="Random multiples of 90 degrees (exact, no resampling); with flip this "
+                        "gives the 8 dihedral views used for overhead imagery (set rotate: false).")
+    band_brightness: float = Field(0.0, ge=0, lt=1, description="Max relative brightness change per band "
+                                   "(overhead imagery).")
     translate: float = Field(0.05, ge=0, le=0.5, description="Max shift as a fraction of the chip side.")
     zoom: float = Field(0.1, ge=0, lt=1, description="Max zoom in/out as a fraction (log-uniform scale).")
     brightness: float = Field(0.1, ge=0, lt=1, description="Max relative brightness change.")
@@ -185,6 +264,9 @@ class ExperimentConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    earth: EarthConfig = Field(default_factory=EarthConfig)
+    two_stage: TwoStageConfig = Field(default_factory=TwoStageConfig)
+    maps: MapsConfig = Field(default_factory=MapsConfig)
 
     @property
     def out(self) -> Path:

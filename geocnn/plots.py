@@ -231,3 +231,19 @@ def plot_montage(images: np.ndarray, titles: list[str], path: str | Path, ncols:
         if n == 0:
             axes[0].text(0.5, 0.5, "no images", ha="center", va="center", transform=axes[0].transAxes)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------------- residual map
+def plot_residual_map(lon: np.ndarray, lat: np.ndarray, residual: np.ndarray, path: str | Path,
+                      title: str = "residual (predicted - observed)") -> Path:
+    """Clusters at their coordinates coloured by residual on a diverging scale centred on 0."""
+    lim = float(np.nanpercentile(np.abs(residual), 98)) or 1.0
+    with _figure(path, (6.4, 5.2)) as fig:
+        ax = fig.add_subplot()
+        sc = ax.scatter(lon, lat, c=residual, cmap="RdBu_r", vmin=-lim, vmax=lim, s=8, edgecolors="none")
+        fig.colorbar(sc, ax=ax, label="predicted - observed")
+        ax.set_xlabel("longitude")
+        ax.set_ylabel("latitude")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_title(title)
+    return Path(path)

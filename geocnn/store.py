@@ -130,19 +130,24 @@ def build_galaxy_store(catalog: Catalog, store_root: str | Path, crop: int, chip
 
 
 def band_stats(chips: np.ndarray, rows: np.ndarray, batch: int = 512) -> tuple[list[float], list[float]]:
-    """Per-band mean and std over the given rows (the train split only), computed in float64 batches."""
+    """Per-band mean and std over the given rows (the train split only), in float64 batches; NaN (nodata) skipped."""
     if len(rows) == 0:
         raise GeocnnError("cannot compute band statistics: the train split is empty; lower split.val_fraction "
                           "and split.test_fraction or add samples")
     c = chips.shape[1]
     total = np.zeros(c)
     sq = np.zeros(c)
-    n = 0
+    n = np.zeros(c)
     for start in range(0, len(rows), batch):
         block = np.asarray(chips[np.sort(rows[start:start + batch])], dtype=np.float64)
+        valid = np.isfinite(block)
+        block = np.where(valid, block, 0.0)
         total += block.sum(axis=(0, 2, 3))
         sq += (block ** 2).sum(axis=(0, 2, 3))
-        n += block.shape[0] * block.shape[2] * block.shape[3]
+        n += valid.sum(axis=(0, 2, 3))
+    if (n == 0).any():
+        raise GeocnnError(f"band(s) {np.flatnonzero(n == 0).tolist()} have no valid (non-nodata) pixel in the train "
+                          "chips; check the band's nodata value (earth.nodata) or drop the band")
     mean = total / n
     std = np.sqrt(np.maximum(sq / n - mean ** 2, 0))
     return mean.tolist(), np.where(std > 1e-8, std, 1.0).tolist()

@@ -88,8 +88,9 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
 class EpochMetrics(L.Callback):
     """Logs the epoch's train/ and val/ metrics and the learning rate to an MLflow run (step = epoch)."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, prefix: str = "") -> None:
         self.run_id = run_id
+        self.prefix = prefix
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
@@ -97,7 +98,7 @@ class EpochMetrics(L.Callback):
         if opt is not None:
             metrics["train/lr"] = max(g["lr"] for g in opt.param_groups)
         MlflowClient(mlflow.get_tracking_uri()).log_batch(
-            self.run_id, metrics=[mlflow.entities.Metric(k, v, int(__import__("time").time() * 1000),
+            self.run_id, metrics=[mlflow.entities.Metric(self.prefix + k, v, int(__import__("time").time() * 1000),
                                                          trainer.current_epoch) for k, v in metrics.items()])
 
 

@@ -39,9 +39,16 @@ class FitResult:
 def net_spec(view: SplitView, cfg: ExperimentConfig) -> NetSpec:
     """The network spec for a split store: bands from the store, normalisation from its train split."""
     store = view.store
+    t_mean: list[float] = []
+    t_std: list[float] = []
+    if cfg.model.task == "regression" and not cfg.model.sigmoid:  # the head learns standardised targets
+        y = target_array(view, "regression")[view.rows("train")].astype(np.float64)
+        t_mean = y.mean(0).tolist()
+        t_std = np.where(y.std(0) > 1e-12, y.std(0), 1.0).tolist()
     return NetSpec(backbone=cfg.model.backbone, in_chans=int(store.meta["shape"][1]), task=cfg.model.task,
                    targets=store.targets, classes=store.classes, mean=view.mean, std=view.std,
-                   dropout=cfg.model.dropout, sigmoid=cfg.model.sigmoid, tree=cfg.model.tree)
+                   dropout=cfg.model.dropout, sigmoid=cfg.model.sigmoid, tree=cfg.model.tree,
+                   target_mean=t_mean, target_std=t_std)
 
 
 def class_weights(view: SplitView, cfg: ExperimentConfig) -> torch.Tensor | None:

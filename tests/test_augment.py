@@ -249,3 +249,25 @@ def test_rotation_by_random_angles_covers_full_circle() -> None:
         angles.append(math.atan2(y - 16, xx - 16))
     hist = np.histogram(angles, bins=4, range=(-math.pi, math.pi))[0]
     assert (hist > 0).all()
+
+
+def test_rot90_and_flips_give_only_exact_dihedral_views() -> None:
+    x = _asymmetric(b=64)
+    cfg = AugmentConfig(**{**OFF, "flip": True, "rot90": True})
+    out = augment_batch(x, cfg, torch.Generator().manual_seed(3))
+    seen = set()
+    for i in range(len(x)):
+        views = _dihedral_numpy(x[i].numpy())
+        match = [k for k, v in enumerate(views) if np.array_equal(v, out[i].numpy())]
+        assert len(match) == 1, "every output must be one exact dihedral view (no resampling)"
+        seen.add(match[0])
+    assert len(seen) == 8  # all 8 views occur over 64 images
+
+
+def test_band_brightness_scales_each_band_separately_within_bounds() -> None:
+    x = torch.ones(32, 4, 5, 5)
+    out = augment_batch(x, AugmentConfig(**{**OFF, "band_brightness": 0.1}), torch.Generator().manual_seed(0))
+    factors = out[:, :, 0, 0]
+    assert torch.allclose(out, factors[:, :, None, None].expand_as(out))  # uniform within a band
+    assert factors.min() >= 0.9 and factors.max() <= 1.1
+    assert (factors.std(dim=1) > 0).all()  # bands of one image differ

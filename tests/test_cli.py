@@ -88,14 +88,18 @@ def test_alias_on_unknown_model_is_clean_error() -> None:
     assert res.exit_code == 2 and "no_such_model" in res.output
 
 
-def test_demo_quick_runs_the_flow_and_beats_baseline(tmp_path: Path) -> None:
-    """`geocnn demo` (the README's main command), in its quick form, as a user runs it."""
+def test_demo_quick_runs_both_flows_and_beats_the_baselines(tmp_path: Path) -> None:
+    """`geocnn demo` (the README's main command), in its quick form, as a user runs it: galaxies, then Earth."""
     import json
 
-    proc = run_cli("demo", "--quick", "--set", f"output_dir={tmp_path / 'demo'}",
+    proc = run_cli("demo", "all", "--quick", "--set", f"output_dir={tmp_path}/{{name}}",
                    "--set", f"data.store_root={tmp_path / 'stores'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Test metrics (model vs baseline)" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
-    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert metrics["test/accuracy"] > metrics["baseline/accuracy"] + 0.2, metrics
+    galaxy = json.loads((tmp_path / "galaxy_demo" / "metrics.json").read_text())
+    assert galaxy["test/accuracy"] > galaxy["baseline/accuracy"] + 0.2, galaxy
     assert (tmp_path / "synthetic").is_dir()  # generated beside the stores, not in the project
+    earth = json.loads((tmp_path / "poverty_demo" / "metrics.json").read_text())
+    assert earth["test/r2"] > earth["baseline/r2"] + 0.2, earth
+    assert (tmp_path / "poverty_demo" / "maps" / "prediction.tif").exists()
+    assert "baseline_nightlights/r2" in proc.stdout  # generated beside the stores, not in the project

@@ -260,7 +260,16 @@ def test_stratified_partition_smaller_than_class_count_names_fraction(val: float
 
 def test_grouped_without_group_column_errors() -> None:
     with pytest.raises(GeocnnError, match="split.group_column"):
-        assign_splits(_frame(), SplitConfig(method="grouped"))
+        assign_splits(_frame().drop(columns=["group"], errors="ignore"), SplitConfig(method="grouped"))
+
+
+def test_grouped_defaults_to_the_catalog_group_column() -> None:
+    frame = _frame()
+    if "group" not in frame.columns:
+        pytest.skip("fixture frame has no group column")
+    split = assign_splits(frame, SplitConfig(method="grouped", val_fraction=0.2, test_fraction=0.2))
+    for g in frame["group"].unique():
+        assert len(set(split[frame["group"].to_numpy() == g])) == 1
 
 
 def test_grouped_with_train_left_empty_errors_in_split_store(tmp_path: Path, catalog: Catalog) -> None:

@@ -27,6 +27,8 @@ class NetSpec:
     dropout: float = 0.0
     sigmoid: bool = False
     tree: str = "kaggle"
+    target_mean: list[float] = field(default_factory=list)
+    target_std: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Plain-JSON form."""
@@ -66,10 +68,17 @@ class GeoNet(nn.Module):
         std = torch.tensor(spec.std or [1.0] * spec.in_chans, dtype=torch.float32)
         self.register_buffer("mean", mean.view(1, -1, 1, 1))
         self.register_buffer("std", std.view(1, -1, 1, 1))
+        t = spec.n_outputs
+        self.register_buffer("y_mean", torch.tensor(spec.target_mean or [0.0] * t, dtype=torch.float32).view(1, -1))
+        self.register_buffer("y_std", torch.tensor(spec.target_std or [1.0] * t, dtype=torch.float32).view(1, -1))
 
     def normalise(self, chips: torch.Tensor) -> torch.Tensor:
-        """Raw chips to float, standardised with the train-split band statistics."""
-        return (chips.float() - self.mean) / self.std
+        """Raw chips to float, standardised with the train-split band statistics; nodata (NaN) becomes the band mean."""
+        return torch.nan_to_num((chips.float() - self.mean) / self.std, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def features(self, chips: torch.Tensor) -> torch.Tensor:
+        """Encoder features (before dropout and head) of raw chips: the stage-2 input of two-stage transfer."""
+        return self.encoder(self.normalise(chips))
 
     def forward_normalised(self, x: torch.Tensor) -> torch.Tensor:
         """Head outputs (logits, values, fractions or concentrations) from normalised input."""
@@ -84,4 +93,12 @@ class GeoNet(nn.Module):
             return torch.softmax(out.float(), dim=1)
         if self.spec.task == "vote_counts":
             return expected_fractions(out.float(), self.spec.decision_tree())
+        if self.spec.task == "regression" and not self.spec.sigmoid:
+            return out.float() * self.y_std + self.y_mean
         return out.float()
+
+    def standardise_target(self, y: torch.Tensor) -> torch.Tensor:
+        """Regression targets in the head's units: standardised with the train-split target mean/std."""
+        if self.spec.task == "regression" and not self.spec.sigmoid:
+            return (y.float() - self.y_mean) / self.y_std
+        return y

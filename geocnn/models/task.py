@@ -87,6 +87,7 @@ class GeoTask(L.LightningModule):
         if self.loss_name == "dirichlet_multinomial":
             assert self.tree is not None
             return dirichlet_multinomial_nll(y, out, self.tree)
+        y = self.net.standardise_target(y)
         if self.loss_name == "huber":
             return F.huber_loss(out, y)
         return F.mse_loss(out, y)

@@ -1,0 +1,159 @@
+"""The Earth pipeline on generated scenes: two-stage transfer vs night lights, direct CNN, exports, MLflow, Prefect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from mlflow import MlflowClient
+
+from geocnn.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def demo_overrides(tmp_path: Path, *extra: str) -> list[str]:
+    """The shipped demo config, shrunk to a 512 px scene and a few epochs."""
+    return [f"output_dir={tmp_path / 'run'}", f"data.store_root={tmp_path / 'stores'}", "earth.synthetic_size=512",
+            "earth.synthetic_clusters=160", "two_stage.stage1_chips=1000", "train.epochs=4",
+            "tracking.registered_model=test_poverty", *extra]
+
+
+@pytest.fixture(scope="module")
+def two_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One two-stage run through the Prefect flow (no server), shared by the assertions below."""
+    import os
+
+    from pipelines.poverty import poverty_flow
+
+    tmp = tmp_path_factory.mktemp("two_stage")
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "GEOCNN_MLFLOW_ARTIFACTS")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    os.environ["GEOCNN_MLFLOW_ARTIFACTS"] = str(tmp / "mlartifacts")
+    try:
+        summary = poverty_flow(str(CONFIGS / "poverty_demo.yaml"), demo_overrides(tmp), progress=False)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    summary["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    return tmp, summary
+
+
+def test_two_stage_beats_night_lights_and_the_mean_out_of_country(two_stage: tuple[Path, dict]) -> None:
+    tmp, summary = two_stage
+    m = json.loads((tmp / "run" / "metrics.json").read_text())
+    assert m == pytest.approx(summary["metrics"])
+    # Leave-one-country-out, 160 clusters: the CNN features carry the daytime signal night lights lack.
+    assert m["test/r2"] > 0.3, m
+    assert m["test/r2"] > m["baseline_nightlights/r2"] + 0.05, m
+    assert m["test/r2"] > m["baseline/r2"] + 0.3, m
+    # Jean et al.: night lights are 0 over the poorer half; the daytime features still rank those clusters.
+    assert m["poorer_half/test/pearson_r2"] > m["poorer_half/baseline_nightlights/pearson_r2"] + 0.05, m
+    # Stage 1 learned night-light classes from daytime chips: balanced accuracy far above chance (1/3).
+    assert m["stage1/test/balanced_accuracy"] > 0.6, m
+    assert m["stage1/test/accuracy"] > m["stage1/baseline/accuracy"], m
+    assert {f"stage2/alpha/fold{k}" for k in range(4)} <= m.keys()
+
+
+def test_cluster_exports_agree_and_hold_every_cluster_once(two_stage: tuple[Path, dict]) -> None:
+    tmp, _ = two_stage
+    csv = pd.read_csv(tmp / "run" / "predictions.csv", dtype={"id": str})
+    pq = pd.read_parquet(tmp / "run" / "predictions.parquet")
+    assert len(csv) == 160 and csv["id"].is_unique
+    assert np.allclose(csv["prediction"], pq["prediction"]) and np.allclose(csv["wealth"], pq["wealth"])
+    assert set(csv["fold"]) == {0, 1, 2, 3}
+    # each country is one fold: out of country
+    assert csv.groupby("group")["fold"].nunique().max() == 1
+    gj = json.loads((tmp / "run" / "predictions.geojson").read_text())
+    assert len(gj["features"]) == 160
+    f0 = gj["features"][0]
+    row = csv.set_index("id").loc[str(f0["properties"]["id"])]
+    assert f0["geometry"]["coordinates"] == pytest.approx([row["lon"], row["lat"]])
+    assert f0["properties"]["prediction"] == pytest.approx(row["prediction"])
+
+
+def test_map_is_on_the_scene_grid_with_nan_nodata(two_stage: tuple[Path, dict]) -> None:
+    tmp, _ = two_stage
+    scene = next((tmp / "synthetic_earth").glob("*/scene.tif"))
+    with rasterio.open(scene) as src, rasterio.open(tmp / "run" / "maps" / "prediction.tif") as out:
+        assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
+        assert out.dtypes[0] == "float32" and np.isnan(out.nodata) and out.descriptions[0] == "wealth"
+        pred = out.read(1)
+        valid = src.read_masks(1) > 0
+        assert np.isnan(pred[~valid]).all()
+        assert np.isfinite(pred[valid]).mean() > 0.9
+    # the map agrees with the out-of-fold cluster predictions where clusters are
+    csv = pd.read_csv(tmp / "run" / "predictions.csv", dtype={"id": str})
+    with rasterio.open(tmp / "run" / "maps" / "prediction.tif") as out:
+        from rasterio.warp import transform
+
+        xs, ys = transform("EPSG:4326", out.crs, csv["lon"].tolist(), csv["lat"].tolist())
+        at = np.array([v[0] for v in out.sample(list(zip(xs, ys)))])
+    ok = np.isfinite(at)
+    assert np.corrcoef(at[ok], csv["wealth"][ok])[0, 1] > 0.5
+    assert (tmp / "run" / "maps" / "prediction.png").stat().st_size > 10_000
+
+
+def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, dict]) -> None:
+    _, summary = two_stage
+    client = MlflowClient(summary["tracking_uri"])
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test/r2"] == pytest.approx(summary["metrics"]["test/r2"])
+    assert "stage1/val/loss" in run.data.metrics or any(k.startswith("stage1/") for k in run.data.metrics)
+    arts = {a.path for folder in ("plots", "maps", "predictions") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"plots/pred_vs_observed.png", "plots/residual_map.png", "maps/prediction.tif",
+            "predictions/predictions.geojson"} <= arts
+    versions = client.search_model_versions("name='test_poverty'")
+    assert versions and versions[0].run_id == run.info.run_id
+    assert client.get_model_version_by_alias("test_poverty", "champion").version == versions[0].version
+    cnn = client.search_model_versions("name='test_poverty_cnn'")
+    assert cnn and cnn[0].run_id == run.info.run_id
+    # the stage-2 model loads and predicts from stage-1 features
+    mlflow.set_tracking_uri(summary["tracking_uri"])
+    ridge = mlflow.sklearn.load_model(summary["stage2_model_uri"])
+    assert ridge.predict(np.zeros((1, ridge.n_features_in_))).shape == (1,)
+
+
+def test_direct_cnn_with_country_folds_beats_the_train_mean(tmp_path: Path) -> None:
+    from geocnn.poverty import run_poverty
+
+    cfg = load_config(CONFIGS / "poverty_demo.yaml", demo_overrides(
+        tmp_path, "two_stage.enabled=false", "model.task=regression", "earth.synthetic_clusters=240",
+        "earth.chips_per_cluster=2", "train.epochs=8", "maps.enabled=false", "tracking.enabled=false", "split.folds=2", "split.val_fraction=0.2"))
+    m = run_poverty(cfg, progress=False)["metrics"]
+    print("direct:", {k: round(v, 3) for k, v in m.items() if k.count("/") == 1})
+    assert m["test/n"] == 240
+    # 240 clusters, 2 folds of 2 countries: little data for a CNN trained on the survey target alone (which is why
+    # Jean et al. train on night lights first); it must still clearly beat the train mean out of country.
+    assert m["test/r2"] > m["baseline/r2"] + 0.1 and m["test/pearson_r2"] > 0.1, m
+
+
+def test_map_command_reproduces_the_pipeline_map_from_the_bundle(two_stage: tuple[Path, dict]) -> None:
+    from geocnn.poverty import map_from_bundle
+
+    tmp, _ = two_stage
+    paths = map_from_bundle(str(tmp / "run" / "bundle"), tmp / "again")
+    with rasterio.open(paths["map_tif"]) as a, rasterio.open(tmp / "run" / "maps" / "prediction.tif") as b:
+        x, y = a.read(1), b.read(1)
+    assert (np.isnan(x) == np.isnan(y)).all()
+    assert np.nanmax(np.abs(x - y)) < 1e-4  # stage-2 ridge from JSON == the sklearn pipeline
+
+
+def test_map_with_a_scene_of_other_bands_names_the_mismatch(two_stage: tuple[Path, dict], shared_data: Path) -> None:
+    from geocnn.errors import GeocnnError
+    from geocnn.poverty import map_from_bundle
+
+    tmp, _ = two_stage
+    other = shared_data / "satellite/landsat/landsat7_bahamas_rgb_300m.tif"
+    with pytest.raises(GeocnnError, match=r"3 band\(s\).*expects 4"):
+        map_from_bundle(str(tmp / "run" / "bundle"), tmp / "bad", scenes=[str(other)])
+    assert not (tmp / "bad" / "prediction.tif").exists()
