@@ -209,6 +209,9 @@ def predict(
             raise GeocnnError(f"--images {images}: no .jpg/.png/.fits images found")
         ids, paths = list(found), list(found.values())
     pre = bundle.preprocessing
+    if pre.get("kind") == "earth":
+        raise GeocnnError(f"--model {model}: an Earth model predicts scenes, not image files; use "
+                          "`geocnn map --model ... --scene SCENE.tif --out DIR` (or `geocnn run` on new survey points)")
     chips = load_chips(paths, pre["crop"], pre["chip_size"], pre["channels"])
     pred = predict_chips(bundle.net, chips, None, batch_size, bundle.tta_views if tta is None else tta, device,
                          progress=True)

@@ -53,6 +53,19 @@ def resolve_synthetic(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.model_copy(update={"data": data, "earth": earth, "split": split})
 
 
+def survey_split(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Survey clusters are spatially autocorrelated: split by group (data.group_column) or spatial blocks, never
+    at random. An explicit split.method=random is refused; the default becomes grouped or blocks."""
+    split = cfg.split
+    if split.method in ("random", "stratified"):
+        if "method" in split.model_fields_set:
+            raise GeocnnError(f"split.method={split.method}: survey clusters are spatially autocorrelated, so a "
+                              "random split overstates accuracy; use split.method=grouped (with data.group_column, "
+                              "e.g. country) or split.method=blocks (split.block_km)")
+        split = split.model_copy(update={"method": "grouped" if cfg.data.group_column else "blocks"})
+    return cfg.model_copy(update={"split": split})
+
+
 def chip_px(cfg: ExperimentConfig) -> int:
     """Side in pixels of the stored chips (data.chip_size)."""
     return cfg.data.chip_size
@@ -102,7 +115,7 @@ def train_stage1(store1: ChipStore, cfg: ExperimentConfig, run_id: str | None = 
 
     s1 = stage1_config(cfg)
     view = split_store(store1, s1.split, store1.targets[0] if s1.model.task == "classification" else None)
-    result = fit(view, s1, callbacks=_epoch_logger(run_id, "stage1/"), progress=progress)
+    result = fit(view, s1, callbacks=_epoch_logger(run_id, ""), progress=progress)
     evaluation = evaluate(result.net, view, s1, out=s1.out)
     return result.net, {f"stage1/{k}": v for k, v in evaluation.metrics.items()}
 
@@ -190,7 +203,20 @@ def run_two_stage(store: ChipStore, cfg: ExperimentConfig, run_id: str | None = 
     from geocnn.transfer import chip_features, cluster_means, fit_ridge, nested_ridge
 
     store1 = ingest_stage1(cfg, progress)
-    net, s1_metrics = train_stage1(store1, cfg, run_id, progress)
+    s1_run = None
+    if run_id:  # stage 1 is its own MLflow run (a child of the experiment's run), holding the CNN
+        from mlflow import MlflowClient
+
+        from geocnn import tracking
+
+        s1_run = tracking.start_run(stage1_config(cfg))
+        MlflowClient(tracking.mlflow.get_tracking_uri()).set_tag(s1_run, "mlflow.parentRunId", run_id)
+    try:
+        net, s1_metrics = train_stage1(store1, cfg, s1_run, progress)
+    except BaseException:
+        if s1_run:
+            tracking.end_run(s1_run, "FAILED")
+        raise
     feats = chip_features(net, store.chips, cfg.train.eval_batch_size, cfg.augment.tta_views)
     ids, x = cluster_means(feats, store.index["cluster"].to_numpy())
     clusters = cluster_table(store, cfg)
@@ -205,7 +231,7 @@ def run_two_stage(store: ChipStore, cfg: ExperimentConfig, run_id: str | None = 
     metrics = score_clusters(clusters, target, cols, cfg)
     metrics.update({f"stage2/alpha/fold{k}": v for k, v in nested.alphas.items()})
     head = fit_ridge(x, y, groups, cfg.two_stage.alphas, cfg.two_stage.inner_folds)
-    return EarthResult(clusters, metrics, net, head, stage1_metrics=s1_metrics)
+    return EarthResult(clusters, metrics, net, head, stage1_run_id=s1_run, stage1_metrics=s1_metrics)
 
 
 def run_direct(store: ChipStore, cfg: ExperimentConfig, run_id: str | None = None,
@@ -402,8 +428,7 @@ def map_from_bundle(model: str, out_dir: Path, scenes: list[str] | None = None, 
 def _grid_bounds(grid: Any) -> tuple[float, float, float, float]:
     from rasterio.transform import array_bounds
 
-    south, west, north, east = array_bounds(grid.height, grid.width, grid.transform)
-    return west, south, east, north
+    return tuple(array_bounds(grid.height, grid.width, grid.transform))  # (west, south, east, north)
 
 
 def save_ridge(head: Any, path: Path) -> Path:
@@ -476,23 +501,27 @@ def track_earth(run_id: str, cfg: ExperimentConfig, result: EarthResult, paths: 
     tracking.log_artifacts(run_id, [paths[k] for k in ("map_tif", "map_png") if k in paths], "maps")
     example = np.nan_to_num(np.asarray(store.chips[:2]))
     name = cfg.tracking.registered_model
-    cnn_name = f"{name}_cnn" if name and result.head is not None else name
-    info = tracking.log_bundle_model(run_id, paths["bundle"], example, cnn_name)
-    out = {"model_uri": info.model_uri}
-    if result.head is not None:
+    if result.head is None:
+        info = tracking.log_bundle_model(run_id, paths["bundle"], example, name)
+        out = {"model_uri": info.model_uri}
+        version = getattr(info, "registered_model_version", None)
+    else:
+        # stage 1: the CNN (and its night-light metrics) in its own run; stage 2: the ridge here, linked to it
+        s1 = result.stage1_run_id or run_id
+        tracking.log_metrics(s1, {k.removeprefix("stage1/"): v for k, v in result.stage1_metrics.items()})
+        info = tracking.log_bundle_model(s1, paths["bundle"], example, f"{name}_cnn" if name else None)
+        if s1 != run_id:
+            tracking.end_run(s1)
         x = result.net.features(__import__("torch").as_tensor(example)).detach().numpy()
         with mlflow.start_run(run_id=run_id):
-            mlflow.set_tag("geocnn.stage2_of", info.model_uri)
-            stage2 = mlflow.sklearn.log_model(result.head, name="stage2_ridge", input_example=x,
-                                              registered_model_name=name,
-                                              serialization_format="skops",
-                                              skops_trusted_types=["sklearn.pipeline.Pipeline",
-                                                                   "sklearn.preprocessing._data.StandardScaler",
-                                                                   "sklearn.linear_model._ridge.Ridge"])
-        out["stage2_model_uri"] = stage2.model_uri
+            mlflow.set_tags({"geocnn.stage1_run_id": s1, "geocnn.stage1_model_uri": info.model_uri})
+            stage2 = mlflow.sklearn.log_model(
+                result.head, name="stage2_ridge", input_example=x, registered_model_name=name,
+                serialization_format="skops", skops_trusted_types=[
+                    "sklearn.pipeline.Pipeline", "sklearn.preprocessing._data.StandardScaler",
+                    "sklearn.linear_model._ridge.Ridge"])
+        out = {"model_uri": stage2.model_uri, "stage1_model_uri": info.model_uri, "stage1_run_id": s1}
         version = getattr(stage2, "registered_model_version", None)
-    else:
-        version = getattr(info, "registered_model_version", None)
     if name and version is not None:
         out["registered_version"] = str(version)
         if cfg.tracking.alias:
@@ -505,7 +534,7 @@ def run_poverty(cfg: ExperimentConfig, progress: bool = True) -> dict[str, objec
     """The whole Earth experiment without Prefect: ingest -> (stage 1 ->) train/score -> export -> track."""
     from geocnn.experiment import fail_run, open_run
 
-    cfg = resolve_synthetic(cfg)
+    cfg = survey_split(resolve_synthetic(cfg))
     store = ingest_survey(cfg, progress)
     run_id = open_run(cfg)
     try:

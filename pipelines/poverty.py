@@ -39,7 +39,7 @@ def poverty_markdown(cfg: ExperimentConfig, summary: dict[str, Any]) -> str:
 def poverty_flow(config: str | None = None, overrides: list[str] | None = None,
                  base: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run one Earth experiment from a YAML config (plus dotted overrides) and report its metrics and maps."""
-    cfg = poverty.resolve_synthetic(load_config(config, overrides, base=base))
+    cfg = poverty.survey_split(poverty.resolve_synthetic(load_config(config, overrides, base=base)))
     store = ingest_task(cfg, progress=progress)
     run_id = experiment.open_run(cfg)
     try:

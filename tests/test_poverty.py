@@ -108,7 +108,12 @@ def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, 
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test/r2"] == pytest.approx(summary["metrics"]["test/r2"])
-    assert "stage1/val/loss" in run.data.metrics or any(k.startswith("stage1/") for k in run.data.metrics)
+    assert "stage1/test/balanced_accuracy" in run.data.metrics
+    # stage 1 is its own run, a child of this one, with its epoch curves and the CNN model
+    s1 = client.get_run(run.data.tags["geocnn.stage1_run_id"])
+    assert s1.info.status == "FINISHED" and s1.data.tags["mlflow.parentRunId"] == run.info.run_id
+    assert len(client.get_metric_history(s1.info.run_id, "val/loss")) == 4  # one point per epoch
+    assert "test/balanced_accuracy" in s1.data.metrics
     arts = {a.path for folder in ("plots", "maps", "predictions") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"plots/pred_vs_observed.png", "plots/residual_map.png", "maps/prediction.tif",
             "predictions/predictions.geojson"} <= arts
@@ -116,10 +121,10 @@ def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, 
     assert versions and versions[0].run_id == run.info.run_id
     assert client.get_model_version_by_alias("test_poverty", "champion").version == versions[0].version
     cnn = client.search_model_versions("name='test_poverty_cnn'")
-    assert cnn and cnn[0].run_id == run.info.run_id
+    assert cnn and cnn[0].run_id == s1.info.run_id
     # the stage-2 model loads and predicts from stage-1 features
     mlflow.set_tracking_uri(summary["tracking_uri"])
-    ridge = mlflow.sklearn.load_model(summary["stage2_model_uri"])
+    ridge = mlflow.sklearn.load_model(summary["model_uri"])
     assert ridge.predict(np.zeros((1, ridge.n_features_in_))).shape == (1,)
 
 
