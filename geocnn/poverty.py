@@ -225,6 +225,7 @@ def run_two_stage(store: ChipStore, cfg: ExperimentConfig, run_id: str | None = 
     y = clusters[target].to_numpy(float)
     groups, folds = cluster_folds(clusters, cfg)
     clusters["fold"] = folds
+    clusters["split"] = "test"  # every cluster is scored once, by the fold that held it out
     nested = nested_ridge(x, y, groups, folds, cfg.two_stage.alphas, cfg.two_stage.inner_folds)
     clusters[PRED] = nested.predictions
     cols = {"test": PRED, **add_baselines(clusters, y, groups, folds, cfg)}
@@ -270,6 +271,7 @@ def run_direct(store: ChipStore, cfg: ExperimentConfig, run_id: str | None = Non
         clusters["fold"] = pd.Series(chip_fold).groupby(store.index["cluster"].to_numpy()).first().loc[
             clusters[ID]].to_numpy()
         folds = clusters["fold"].to_numpy()
+        clusters["split"] = "test"  # out of fold: every cluster predicted by the model that never saw its group
         groups = pd.Series(groups).groupby(store.index["cluster"].to_numpy()).first().loc[clusters[ID]].to_numpy()
         cols = {"test": PRED, **add_baselines(clusters, y, groups, folds, cfg)}
         metrics = score_clusters(clusters, target, cols, cfg)

@@ -69,7 +69,7 @@ def test_cluster_exports_agree_and_hold_every_cluster_once(two_stage: tuple[Path
     pq = pd.read_parquet(tmp / "run" / "predictions.parquet")
     assert len(csv) == 160 and csv["id"].is_unique
     assert np.allclose(csv["prediction"], pq["prediction"]) and np.allclose(csv["wealth"], pq["wealth"])
-    assert set(csv["fold"]) == {0, 1, 2, 3}
+    assert set(csv["fold"]) == {0, 1, 2, 3} and set(csv["split"]) == {"test"}
     # each country is one fold: out of country
     assert csv.groupby("group")["fold"].nunique().max() == 1
     gj = json.loads((tmp / "run" / "predictions.geojson").read_text())
