@@ -271,7 +271,6 @@ def run_direct(store: ChipStore, cfg: ExperimentConfig, run_id: str | None = Non
         clusters["fold"] = pd.Series(chip_fold).groupby(store.index["cluster"].to_numpy()).first().loc[
             clusters[ID]].to_numpy()
         folds = clusters["fold"].to_numpy()
-        clusters["split"] = "test"  # out of fold: every cluster predicted by the model that never saw its group
         groups = pd.Series(groups).groupby(store.index["cluster"].to_numpy()).first().loc[clusters[ID]].to_numpy()
         cols = {"test": PRED, **add_baselines(clusters, y, groups, folds, cfg)}
         metrics = score_clusters(clusters, target, cols, cfg)
@@ -329,7 +328,7 @@ def map_scene(net: GeoNet, head: Any, earth: Any, in_px: int, band_name: str, ou
     from rasterio.windows import Window, from_bounds
     from rasterio.windows import transform as window_transform
 
-    from geocnn.earth import footprint_m
+    from geocnn.earth import M_PER_DEG, footprint_m
     from geocnn.maps import Grid, predict_map, write_quicklook
     from geocnn.sources.raster import open_scene
 
@@ -338,7 +337,7 @@ def map_scene(net: GeoNet, head: Any, earth: Any, in_px: int, band_name: str, ou
         layers = [stack.enter_context(open_scene(p)) for p in earth.layers]
         scene = scenes[0]
         geographic = scene.crs is not None and scene.crs.is_geographic
-        res = abs(scene.res[1]) * (110_574.0 if geographic else 1.0)
+        res = abs(scene.res[1]) * (M_PER_DEG if geographic else 1.0)
         chip_native = max(1, int(round(footprint_m(scene, earth, 0.0) / res)))
         stride = stride_px or max(1, chip_native // 2)
         grid = Grid(scene.crs, scene.transform, scene.width, scene.height)
