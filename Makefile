@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 
-.PHONY: install demo test test-fast mlflow-ui clean
+.PHONY: install demo test test-fast mlflow-ui tracking-server clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -26,5 +26,8 @@ test-fast: $(STAMP)
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///data/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
+tracking-server: $(STAMP)
+	$(BIN)/geocnn tracking-server --port 5000
+
 clean:
-	rm -rf data/runs data/stores data/mlflow data/demo
+	rm -rf data/runs data/stores data/mlflow data/demo data/prefect data/predictions

@@ -87,6 +87,30 @@ def resolve_model(ref: str) -> Path:
     except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds
         raise GeocnnError(f"could not fetch model {ref!r} from MLflow at {mlflow.get_tracking_uri()}: {exc}") from None
     found = list(local.rglob(META))
-    if not found:
-        raise GeocnnError(f"{ref}: the MLflow model holds no geocnn bundle ({META})")
-    return found[0].parent
+    if found:
+        return found[0].parent
+    linked = linked_bundle(ref)  # a two-stage model: the ridge's run points at the CNN bundle (with the ridge)
+    if linked:
+        return resolve_model(linked)
+    raise GeocnnError(f"{ref}: the MLflow model holds no geocnn bundle ({META})")
+
+
+def linked_bundle(ref: str) -> str | None:
+    """The bundle URI tagged on the run behind a models:/ or runs:/ reference (two-stage Earth models), if any."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        if ref.startswith("runs:/"):
+            run_id = ref.removeprefix("runs:/").split("/")[0]
+        else:
+            name, _, rest = ref.removeprefix("models:/").partition("@")
+            if rest:
+                run_id = client.get_model_version_by_alias(name, rest).run_id
+            else:
+                name, _, version = name.partition("/")
+                run_id = client.get_model_version(name, version).run_id
+        return client.get_run(run_id).data.tags.get("geocnn.bundle_uri")
+    except MlflowException:
+        return None

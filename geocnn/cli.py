@@ -1,4 +1,4 @@
-"""The `geocnn` command line (typer): demo, run, train, predict, export, alias."""
+"""The `geocnn` command line (typer): demo, run, train, predict, map, export, score, alias, serve, watch, tracking-server."""
 
 from __future__ import annotations
 
@@ -293,6 +293,115 @@ def alias(name: Annotated[str, typer.Argument(help="Registered model name.")],
     except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
         raise GeocnnError(f"could not set alias {alias_name!r} on {name} version {version}: {exc}") from None
     typer.echo(f"{name}@{alias_name} -> version {version}")
+
+
+@app.command()
+@guarded
+def serve(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML; its 'schedule' section gives the defaults.")],
+    set_: SetOption = None,
+    retrain_cron: Annotated[Optional[str], typer.Option(help="Cron of retraining, e.g. '0 3 * * 0'.")] = None,
+    predict_cron: Annotated[Optional[str], typer.Option(help="Cron of watch-folder prediction, e.g. '*/15 * * * *'.")]
+    = None,
+    retrain_every: Annotated[Optional[float], typer.Option(help="Retrain every N seconds (instead of a cron).")] = None,
+    predict_every: Annotated[Optional[float], typer.Option(help="Predict new files every N seconds.")] = None,
+    input_dir: Annotated[Optional[str], typer.Option("--input", help="Watch folder (default: schedule.input_dir).")]
+    = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output", help="Prediction outputs and ledger (default: "
+                                                                       "schedule.output_dir).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model for prediction (default: models:/NAME@champion).")]
+    = None,
+    no_retrain: Annotated[bool, typer.Option("--no-retrain", help="Serve only the prediction deployment.")] = False,
+    no_predict: Annotated[bool, typer.Option("--no-predict", help="Serve only the retraining deployment.")] = False,
+) -> None:
+    """Serve the retrain and watch-folder prediction deployments on their schedules until stopped (Ctrl-C).
+
+    Uses the Prefect server at $PREFECT_API_URL when set; otherwise starts a local one (SQLite in data/prefect,
+    127.0.0.1 only) for as long as it runs.
+    """
+    from prefect import serve as prefect_serve
+
+    from geocnn.config import load_config
+    from geocnn.serving import deployments, plan, prefect_api
+    from geocnn.tracking import artifact_root, tracking_uri
+
+    cfg = load_config(config, set_ or [])
+    retrain = None if no_retrain else (retrain_every if retrain_every is not None else retrain_cron)
+    predict = None if no_predict else (predict_every if predict_every is not None else predict_cron)
+    if no_retrain and retrain is None and cfg.schedule.retrain_cron:
+        cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"retrain_cron": None})})
+    if no_predict and predict is None and cfg.schedule.predict_cron:
+        cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"predict_cron": None})})
+    p = plan(cfg, config, list(set_ or []), retrain, predict, input_dir, output_dir, model)
+    # flow runs are subprocesses: give them absolute MLflow locations
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.tracking.tracking_uri)
+    os.environ["GEOCNN_MLFLOW_ARTIFACTS"] = artifact_root().removeprefix("file://")
+    with prefect_api() as url:
+        typer.echo(f"Prefect API: {url}   (UI: {url.removesuffix('/api')})")
+        if p.retrain:
+            typer.echo(f"retrain  {cfg.name}: {p.retrain_schedule} ({p.timezone})")
+        if p.predict:
+            typer.echo(f"predict  {p.predict['input_dir']} -> {p.predict['output_dir']} with {p.predict['model']}: "
+                       f"{p.predict_schedule} ({p.timezone})")
+        prefect_serve(*deployments(p, cfg.name))
+
+
+@app.command()
+@guarded
+def watch(
+    config: Annotated[Optional[Path], typer.Argument(help="Experiment YAML (for the schedule section's "
+                                                          "defaults).")] = None,
+    set_: SetOption = None,
+    input_dir: Annotated[Optional[str], typer.Option("--input", help="Watch folder.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output", help="Outputs and ledger.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Bundle folder or models:/NAME@ALIAS.")] = None,
+    no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run without Prefect.")] = False,
+) -> None:
+    """Predict the files that arrived in the watch folder since the last run, once (what the schedule runs)."""
+    from geocnn.config import load_config
+    from geocnn.serving import watch_paths
+
+    if config is None and not (input_dir and output_dir and model):
+        raise GeocnnError("give a config, or all of --input DIR --output DIR --model MODEL")
+    cfg = load_config(config, set_ or []) if config else load_config(None, ["name=watch"])
+    src, out, ref = watch_paths(cfg, input_dir, output_dir, model)
+    s = cfg.schedule
+    args = (str(src), str(out), ref, list(s.patterns) or None, s.min_age_s, s.max_attempts)
+    if no_prefect:
+        from geocnn.batch import predict_new
+
+        summary = predict_new(*args)
+    else:
+        from pipelines.predict import predict_flow
+
+        summary = predict_flow(*args)
+    for key, path in summary.get("outputs", {}).items():
+        typer.echo(f"{key:<28} {path}")
+    if summary.get("n_failed"):
+        raise typer.Exit(1)
+
+
+@app.command("tracking-server")
+@guarded
+def tracking_server(
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    db: Annotated[Optional[Path], typer.Option(help="SQLite file (default data/mlflow/mlflow.db).")] = None,
+    artifacts: Annotated[Optional[Path], typer.Option(help="Artifact root (default data/mlflow/artifacts).")] = None,
+) -> None:
+    """Start a local MLflow tracking server (SQLite backend, local artifacts served over HTTP) until stopped.
+    Point runs at it with MLFLOW_TRACKING_URI=http://HOST:PORT."""
+    import subprocess
+
+    from geocnn.tracking import server_command
+
+    cmd = server_command(host, port, db, artifacts)
+    typer.echo(f"MLflow tracking server on http://{host}:{port}  (export MLFLOW_TRACKING_URI=http://{host}:{port})")
+    typer.echo(" ".join(cmd))
+    try:
+        raise typer.Exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 @app.command()

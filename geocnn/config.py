@@ -241,15 +241,50 @@ class TrainConfig(Strict):
 
 
 class TrackingConfig(Strict):
-    """MLflow tracking and registry."""
+    """MLflow tracking, the model registry, and champion promotion."""
 
     enabled: bool = Field(True, description="Log the run to MLflow.")
     tracking_uri: str | None = Field(None, description="MLflow URI (default: $MLFLOW_TRACKING_URI, else SQLite "
                                      "at data/mlflow/mlflow.db).")
     experiment: str = Field("geocnn", description="MLflow experiment name.")
-    registered_model: str | None = Field(None, description="Register the model under this name (None: don't).")
-    alias: str | None = Field(None, description="Set this alias (e.g. 'champion') on the new version.")
+    register_model: bool = Field(True, description="Register every trained model as a new version.")
+    registered_model: str | None = Field(None, description="Registered model name (default: the experiment name).")
+    alias: str = Field("champion", description="The alias promotion manages; predictions use models:/NAME@alias.")
+    promotion: Literal["if_better", "always", "never"] = Field(
+        "if_better", description="if_better: move the alias to the new version only if it beats the current one on "
+        "promotion_metric over the same split definition; always; never (register only).")
+    promotion_metric: str | None = Field(None, description="Validation metric deciding promotion (default: "
+                                         "validation/accuracy for classification, validation/rmse for regression "
+                                         "and vote fractions, validation/r2 for Earth runs). Never a test metric.")
+    promotion_mode: Literal["auto", "min", "max"] = Field("auto", description="Whether promotion_metric improves "
+                                                          "down or up (auto: from its name, as train.monitor_mode).")
+    min_common_rows: int = Field(20, gt=0, description="When the split definitions differ (data grew), compare the "
+                                 "champion and the new model on the validation rows neither trained on; promote "
+                                 "only if there are at least this many.")
 
+    def model_name(self, experiment_name: str) -> str | None:
+        """The registered model name, or None when registration is off."""
+        return (self.registered_model or experiment_name) if self.register_model else None
+
+
+class ScheduleConfig(Strict):
+    """Unattended runs: `geocnn serve` schedules retraining and watch-folder prediction."""
+
+    retrain_cron: str | None = Field(None, description="Cron schedule of retraining (e.g. '0 3 * * 0'); none: "
+                                     "no retraining deployment.")
+    predict_cron: str | None = Field(None, description="Cron schedule of watch-folder prediction (e.g. '*/15 * * * "
+                                     "*'); none: no prediction deployment.")
+    timezone: str = Field("UTC", description="Time zone of the cron schedules.")
+    input_dir: str = Field("data/inbox/{name}", description="Watch folder: new images (galaxy) or scenes (Earth) "
+                           "arrive here. '{name}' expands to the experiment name.")
+    output_dir: str = Field("data/predictions/{name}", description="Where batch predictions, maps and the ledger "
+                            "of processed files go.")
+    model: str | None = Field(None, description="Model to predict with (default: models:/NAME@champion of this "
+                              "experiment; a bundle folder works too).")
+    patterns: list[str] = Field(default_factory=list, description="File patterns picked up (default: images "
+                                "*.jpg *.jpeg *.png *.fits for galaxies, *.tif *.tiff for Earth).")
+    min_age_s: float = Field(2.0, ge=0, description="Skip files modified in the last seconds (still being copied).")
+    max_attempts: int = Field(3, gt=0, description="A failing file is retried on later runs up to this many times.")
 
 class ExperimentConfig(Strict):
     """One experiment: data -> split -> model -> training -> evaluation -> exports."""
@@ -267,6 +302,7 @@ class ExperimentConfig(Strict):
     earth: EarthConfig = Field(default_factory=EarthConfig)
     two_stage: TwoStageConfig = Field(default_factory=TwoStageConfig)
     maps: MapsConfig = Field(default_factory=MapsConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
     @property
     def out(self) -> Path:

@@ -31,6 +31,8 @@ class Evaluation:
     metrics: dict[str, float]
     predictions: pd.DataFrame
     plots: list[Path] = field(default_factory=list)
+    pred: np.ndarray | None = None
+    """Raw predictions of every store row (N, outputs), in store order."""
 
 
 def read_catalog(cfg: ExperimentConfig) -> Catalog:
@@ -81,33 +83,58 @@ def observed_fractions(counts: np.ndarray, net: GeoNet) -> tuple[np.ndarray, np.
     return frac, mask
 
 
+def truth_and_mask(view: SplitView, net: GeoNet) -> tuple[np.ndarray, np.ndarray]:
+    """Targets of every store row as scored (vote counts become fractions) and a mask of rows/outputs scored."""
+    y = target_array(view, net.spec.task)
+    if net.spec.task == "classification":
+        return y, np.ones(len(y), dtype=bool)
+    if net.spec.task == "vote_counts":
+        return observed_fractions(y, net)
+    return y.astype(np.float64), np.ones_like(y, dtype=bool)
+
+
+def score_rows(net: GeoNet, view: SplitView, pred: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+    """The task's metrics of ``pred`` on store ``rows`` (plus the train-derived baseline), unprefixed."""
+    spec = net.spec
+    truth, mask = truth_and_mask(view, net)
+    tr = view.rows("train")
+    if spec.task == "classification":
+        return classification_metrics(truth[rows], pred[rows], spec.classes, truth[tr])
+    shown = np.where(mask, pred, 0.0)
+    if spec.task == "regression":
+        return regression_metrics(truth[rows], shown[rows], spec.targets, truth[tr].mean(0))
+    return vote_fraction_metrics(truth[rows], shown[rows], spec.targets, truth[tr].mean(0), spec.decision_tree())
+
+
+def validation_metrics(net: GeoNet, view: SplitView, pred: np.ndarray) -> dict[str, float]:
+    """``validation/*``: the chosen model scored on the validation split (what promotion compares; never test)."""
+    val = view.rows("val")
+    if len(val) == 0:
+        return {}
+    return {f"validation/{k}": v for k, v in score_rows(net, view, pred, val).items()
+            if not k.startswith("baseline/")}
+
+
 def evaluate(net: GeoNet, view: SplitView, cfg: ExperimentConfig, out: Path | None = None) -> Evaluation:
-    """Predict every sample (with TTA), score the test split once against train-derived baselines, draw plots."""
+    """Predict every sample (with TTA), score the test split once against train-derived baselines, score the
+    validation split for promotion, draw plots."""
     from geocnn.plots import plot_confusion, plot_montage, plot_pred_vs_true
 
     out = out or cfg.out
     spec = net.spec
     store = view.store
     pred = predict_chips(net, store.chips, None, cfg.train.eval_batch_size, cfg.augment.tta_views, cfg.train.device)
-    y = target_array(view, spec.task)
-    test, tr = view.rows("test"), view.rows("train")
+    truth, mask = truth_and_mask(view, net)
+    test = view.rows("test")
     plots: list[Path] = []
+    m = score_rows(net, view, pred, test)
     if spec.task == "classification":
-        m = classification_metrics(y[test], pred[test], spec.classes, y[tr])
-        cm = confusion(y[test], pred[test].argmax(1), len(spec.classes))
+        cm = confusion(truth[test], pred[test].argmax(1), len(spec.classes))
         plots.append(plot_confusion(cm, spec.classes, out / "plots" / "confusion_matrix.png"))
         titles = [f"true: {spec.classes[a]}\npred: {spec.classes[b]} ({p:.2f})"
-                  for a, b, p in zip(y[test], pred[test].argmax(1), pred[test].max(1))]
+                  for a, b, p in zip(truth[test], pred[test].argmax(1), pred[test].max(1))]
     else:
-        truth, mask = y.astype(np.float64), np.ones_like(y, dtype=bool)
-        if spec.task == "vote_counts":
-            truth, mask = observed_fractions(y, net)
         shown = np.where(mask, pred, 0.0)
-        if spec.task == "regression":
-            m = regression_metrics(truth[test], shown[test], spec.targets, truth[tr].mean(0))
-        else:
-            tree = spec.decision_tree()
-            m = vote_fraction_metrics(truth[test], shown[test], spec.targets, truth[tr].mean(0), tree)
         plots.append(plot_pred_vs_true(truth[test], shown[test], spec.targets, out / "plots" / "pred_vs_true.png"))
         names = spec.targets[:2]
         titles = ["\n".join(f"{n[:14]} {truth[i, j]:.2f}/{shown[i, j]:.2f}" for j, n in enumerate(names)) for i in test]
@@ -117,7 +144,8 @@ def evaluate(net: GeoNet, view: SplitView, cfg: ExperimentConfig, out: Path | No
     frame = predictions_frame(store.index["id"].to_numpy(), pred, spec, view.split, truth_frame)
     metrics = prefix_test(m)
     metrics["test/n"] = float(len(test))
-    return Evaluation(metrics=metrics, predictions=frame, plots=plots)
+    metrics.update(validation_metrics(net, view, pred))
+    return Evaluation(metrics=metrics, predictions=frame, plots=plots, pred=pred)
 
 
 def export(evaluation: Evaluation, net: GeoNet, cfg: ExperimentConfig, store: ChipStore) -> dict[str, Path]:
@@ -136,24 +164,79 @@ def export(evaluation: Evaluation, net: GeoNet, cfg: ExperimentConfig, store: Ch
 
 
 def track(run_id: str, cfg: ExperimentConfig, evaluation: Evaluation, paths: dict[str, Path],
-          store: ChipStore) -> dict[str, str]:
-    """Log test metrics, plots, tables and the bundle model to the run; register and alias it if configured."""
-    from geocnn import tracking
+          view: SplitView) -> dict[str, str]:
+    """Log test and validation metrics, plots, tables and the bundle model to the run; register a version and
+    promote it to the champion alias only if it beats the current one on validation."""
+    from geocnn import registry, tracking
 
+    name = cfg.tracking.model_name(cfg.name)
+    if name:
+        registry.check_metric(cfg, evaluation.metrics)
     tracking.log_metrics(run_id, evaluation.metrics)
     tracking.log_artifacts(run_id, evaluation.plots, "plots")
     tracking.log_artifacts(run_id, [paths["metrics"], paths["predictions_csv"], paths["predictions_parquet"]],
                            "predictions")
-    example = np.asarray(store.chips[:2])
-    info = tracking.log_bundle_model(run_id, paths["bundle"], example, cfg.tracking.registered_model)
+    frame = evaluation.predictions
+    signature = registry.split_signature(frame["id"].to_numpy(), frame["split"].to_numpy())
+    tracking.set_tags(run_id, {registry.SPLIT_TAG: signature})
+    example = np.asarray(view.store.chips[:2])
+    info = tracking.log_bundle_model(run_id, paths["bundle"], example, name)
     result = {"model_uri": info.model_uri}
     version = getattr(info, "registered_model_version", None)
-    if cfg.tracking.registered_model and version is not None:
+    if name and version is not None:
         result["registered_version"] = str(version)
-        if cfg.tracking.alias:
-            tracking.set_alias(cfg.tracking.registered_model, cfg.tracking.alias, version, cfg.tracking.tracking_uri)
+        decision = registry.promote(tracking.client(), cfg, name, str(version), run_id, evaluation.metrics, signature,
+                                    champion_rescore(cfg, name, view, evaluation, paths["bundle"]))
+        result["promotion"] = decision.reason
+        result["promoted"] = str(decision.promoted).lower()
     tracking.end_run(run_id)
     return result
+
+
+def champion_rescore(cfg: ExperimentConfig, name: str, view: SplitView, evaluation: Evaluation,
+                     bundle_dir: Path) -> "registry.Rescore":  # noqa: F821
+    """When the data changed since the champion was trained: score both models on this run's validation rows that
+    the champion never trained on (its split is read from its logged predictions table)."""
+
+    def rescore(version: str) -> object:
+        import mlflow
+
+        from geocnn import registry, tracking
+        from geocnn.bundle import load_bundle, resolve_model
+
+        client = tracking.client()
+        try:
+            mv = client.get_model_version(name, version)
+            table = mlflow.artifacts.download_artifacts(run_id=mv.run_id,
+                                                        artifact_path="predictions/predictions.parquet")
+            champion = load_bundle(resolve_model(f"models:/{name}/{version}"))
+        except Exception:  # noqa: BLE001 - an old or foreign champion: not comparable
+            return None
+        candidate = load_bundle(bundle_dir)
+        store = view.store
+        same_input = all(champion.preprocessing.get(k) == v for k, v in store.meta["params"].items())
+        same_output = (champion.spec.targets == candidate.spec.targets and champion.spec.classes ==
+                       candidate.spec.classes and champion.spec.task == candidate.spec.task)
+        if not (same_input and same_output and champion.preprocessing.get("bands") == store.meta["bands"]):
+            return None
+        seen = pd.read_parquet(table, columns=["id", "split"])
+        trained = set(seen.loc[seen["split"] == "train", "id"].astype(str))
+        ids = store.index["id"].astype(str).to_numpy()
+        rows = np.array([r for r in view.rows("val") if ids[r] not in trained], dtype=int)
+        if len(rows) < cfg.tracking.min_common_rows:
+            return None
+        pred = np.zeros_like(evaluation.pred)
+        pred[rows] = predict_chips(champion.net, store.chips, rows, cfg.train.eval_batch_size, champion.tta_views,
+                                   cfg.train.device)
+        key = registry.promotion_metric(cfg).removeprefix("validation/")
+        ours = score_rows(candidate.net, view, evaluation.pred, rows).get(key)
+        theirs = score_rows(candidate.net, view, pred, rows).get(key)
+        if ours is None or theirs is None:
+            return None
+        return registry.Comparison(ours, theirs, len(rows), f"{len(rows)} validation rows the champion never "
+                                                             "trained on (the data changed since it was trained)")
+
+    return rescore
 
 
 def open_run(cfg: ExperimentConfig) -> str | None:
@@ -193,7 +276,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, ob
         result = train(view, cfg, run_id, progress)
         evaluation = evaluate(result.net, view, cfg)
         paths = export(evaluation, result.net, cfg, store)
-        tracked = track(run_id, cfg, evaluation, paths, store) if run_id else {}
+        tracked = track(run_id, cfg, evaluation, paths, view) if run_id else {}
     except BaseException:
         fail_run(run_id)
         raise

@@ -17,6 +17,7 @@ from geocnn.splits import group_folds, n_folds, sample_groups, spatial_blocks, s
 from geocnn.store import ChipStore
 
 PRED = "prediction"
+BUNDLE_TAG = "geocnn.bundle_uri"
 
 
 @dataclass
@@ -91,8 +92,7 @@ def stage1_config(cfg: ExperimentConfig) -> ExperimentConfig:
         "split": cfg.split.model_copy(update={"method": "random", "folds": None, "val_fraction": 0.15,
                                               "test_fraction": 0.15}),
         "data": cfg.data.model_copy(update={"targets": [cfg.earth.label_name]}),
-        "tracking": cfg.tracking.model_copy(update={"registered_model": None if not cfg.tracking.registered_model
-                                                    else f"{cfg.tracking.registered_model}_stage1", "alias": None})})
+        "tracking": cfg.tracking.model_copy(update={"register_model": False})})  # registered by track_earth as NAME_cnn
 
 
 def ingest_stage1(cfg: ExperimentConfig, progress: bool = True) -> ChipStore:
@@ -231,6 +231,7 @@ def run_two_stage(store: ChipStore, cfg: ExperimentConfig, run_id: str | None = 
     cols = {"test": PRED, **add_baselines(clusters, y, groups, folds, cfg)}
     metrics = score_clusters(clusters, target, cols, cfg)
     metrics.update({f"stage2/alpha/fold{k}": v for k, v in nested.alphas.items()})
+    metrics["validation/r2"] = float(np.mean(list(nested.inner_r2.values())))  # inner CV, outer folds unseen
     head = fit_ridge(x, y, groups, cfg.two_stage.alphas, cfg.two_stage.inner_folds)
     return EarthResult(clusters, metrics, net, head, stage1_run_id=s1_run, stage1_metrics=s1_metrics)
 
@@ -248,6 +249,7 @@ def run_direct(store: ChipStore, cfg: ExperimentConfig, run_id: str | None = Non
     chip_fold = np.full(len(store.index), -1)
     chip_split = np.full(len(store.index), "test", dtype=object)
     net = None
+    val_r2: list[float] = []
     for f in (range(k) if k else [None]):
         view = split_store(store, cfg.split, fold=f)
         fcfg = cfg if f is None else cfg.model_copy(update={"output_dir": str(cfg.out / f"fold{f}")})
@@ -256,6 +258,7 @@ def run_direct(store: ChipStore, cfg: ExperimentConfig, run_id: str | None = Non
         chip_pred[rows] = predict_chips(result.net, store.chips, rows, cfg.train.eval_batch_size,
                                         cfg.augment.tta_views, cfg.train.device)
         chip_fold[rows] = -1 if f is None else f
+        val_r2.append(val_cluster_r2(result.net, store, view, cfg))
         if f is None:
             chip_split = view.split.copy()
         net = result.net if net is None else net
@@ -279,7 +282,24 @@ def run_direct(store: ChipStore, cfg: ExperimentConfig, run_id: str | None = Non
         train = clusters["split"].to_numpy() == "train"
         clusters["baseline_train_mean"] = y[train].mean()
         metrics = score_clusters(clusters, target, {"test": PRED, "baseline": "baseline_train_mean"}, cfg, test)
+    metrics["validation/r2"] = float(np.mean(val_r2))
     return EarthResult(clusters, metrics, net)
+
+
+def val_cluster_r2(net: GeoNet, store: ChipStore, view: Any, cfg: ExperimentConfig) -> float:
+    """R2 of cluster-mean predictions on a fold's validation clusters (the model's promotion score; never test)."""
+    from sklearn.metrics import r2_score
+
+    from geocnn.predict import predict_chips
+
+    rows = view.rows("val")
+    if len(rows) == 0:
+        return float("nan")
+    pred = predict_chips(net, store.chips, rows, cfg.train.eval_batch_size, cfg.augment.tta_views, cfg.train.device)
+    target = cfg.data.targets[0]
+    frame = pd.DataFrame({"cluster": store.index["cluster"].to_numpy()[rows], "p": pred[:, 0],
+                          "y": store.index[target].to_numpy(float)[rows]}).groupby("cluster").mean()
+    return float(r2_score(frame["y"], frame["p"])) if len(frame) > 1 else float("nan")
 
 
 def map_reader(scenes: list, layers: list) -> Callable:
@@ -493,15 +513,21 @@ def track_earth(run_id: str, cfg: ExperimentConfig, result: EarthResult, paths: 
     """Log metrics, plots, tables, maps and models; the stage-2 ridge is its own model, linked to stage 1."""
     import mlflow
 
-    from geocnn import tracking
+    from geocnn import registry, tracking
 
+    name = cfg.tracking.model_name(cfg.name)
+    if name:
+        registry.check_metric(cfg, result.metrics)
     tracking.log_metrics(run_id, {**result.metrics, **result.stage1_metrics})
     tracking.log_artifacts(run_id, result.plots, "plots")
     tracking.log_artifacts(run_id, [paths[k] for k in ("metrics", "predictions_csv", "predictions_parquet",
                                                        "predictions_geojson")], "predictions")
     tracking.log_artifacts(run_id, [paths[k] for k in ("map_tif", "map_png") if k in paths], "maps")
+    clusters = result.clusters
+    labels = clusters["fold"] if "fold" in clusters.columns else clusters["split"]
+    signature = registry.split_signature(clusters[ID].to_numpy(), labels.astype(str).to_numpy())
+    tracking.set_tags(run_id, {registry.SPLIT_TAG: signature})
     example = np.nan_to_num(np.asarray(store.chips[:2]))
-    name = cfg.tracking.registered_model
     if result.head is None:
         info = tracking.log_bundle_model(run_id, paths["bundle"], example, name)
         out = {"model_uri": info.model_uri}
@@ -515,7 +541,9 @@ def track_earth(run_id: str, cfg: ExperimentConfig, result: EarthResult, paths: 
             tracking.end_run(s1)
         x = result.net.features(__import__("torch").as_tensor(example)).detach().numpy()
         with mlflow.start_run(run_id=run_id):
-            mlflow.set_tags({"geocnn.stage1_run_id": s1, "geocnn.stage1_model_uri": info.model_uri})
+            # the bundle (CNN + stage2_ridge.json) that `geocnn map --model models:/NAME@champion` fetches
+            mlflow.set_tags({"geocnn.stage1_run_id": s1, "geocnn.stage1_model_uri": info.model_uri,
+                             BUNDLE_TAG: info.model_uri})
             stage2 = mlflow.sklearn.log_model(
                 result.head, name="stage2_ridge", input_example=x, registered_model_name=name,
                 serialization_format="skops", skops_trusted_types=[
@@ -525,8 +553,9 @@ def track_earth(run_id: str, cfg: ExperimentConfig, result: EarthResult, paths: 
         version = getattr(stage2, "registered_model_version", None)
     if name and version is not None:
         out["registered_version"] = str(version)
-        if cfg.tracking.alias:
-            tracking.set_alias(name, cfg.tracking.alias, version, cfg.tracking.tracking_uri)
+        decision = registry.promote(tracking.client(), cfg, name, str(version), run_id, result.metrics, signature)
+        out["promotion"] = decision.reason
+        out["promoted"] = str(decision.promoted).lower()
     tracking.end_run(run_id)
     return out
 

@@ -42,6 +42,21 @@ def ui_command(uri: str | None = None) -> str:
     return f".venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
+def server_command(host: str = "127.0.0.1", port: int = 5000, db: Path | None = None,
+                   artifacts: Path | None = None, workers: int = 1) -> list[str]:
+    """The `mlflow server` command of the local tracking server: SQLite backend, local artifact root served over
+    HTTP (clients need no access to the folder), bound to the loopback interface by default."""
+    import sys
+
+    db = (db or DEFAULT_DB).resolve()
+    artifacts = (artifacts or Path(os.environ.get("GEOCNN_MLFLOW_ARTIFACTS", DEFAULT_ARTIFACTS))).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    return [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination",
+            artifacts.as_uri(), "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
 def setup(cfg: ExperimentConfig) -> str:
     """Point MLflow at the configured store and experiment (created with a local artifact root); return its id."""
     uri = tracking_uri(cfg.tracking.tracking_uri)
@@ -130,6 +145,18 @@ def log_bundle_model(run_id: str, bundle_dir: Path, example: np.ndarray, registe
             input_example=example, registered_model_name=registered_model,
             pip_requirements=["geocnn", "torch", "timm", "safetensors"])
     return info
+
+
+def client() -> MlflowClient:
+    """A client on the current tracking URI."""
+    return MlflowClient(mlflow.get_tracking_uri())
+
+
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    """Set tags on a run."""
+    c = client()
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
 
 
 def set_alias(name: str, alias: str, version: str | int, uri: str | None = None) -> None:

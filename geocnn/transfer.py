@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,8 @@ class NestedResult:
 
     predictions: np.ndarray
     alphas: dict[int, float]
+    inner_r2: dict[int, float] = field(default_factory=dict)
+    """Grouped inner-CV R2 of the chosen alpha per outer fold: a validation score that never sees the outer fold."""
 
 
 def nested_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: np.ndarray, alphas: list[float],
@@ -62,6 +64,7 @@ def nested_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: np.nda
     """Ridge regression scored out of fold: for each outer fold, alpha is chosen by grouped CV inside the others."""
     pred = np.full(len(y), np.nan)
     chosen: dict[int, float] = {}
+    inner: dict[int, float] = {}
     for f in np.unique(folds):
         test = folds == f
         train = ~test
@@ -69,7 +72,8 @@ def nested_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: np.nda
         search.fit(x[train], y[train], groups=groups[train])
         pred[test] = search.predict(x[test])
         chosen[int(f)] = float(search.best_params_["ridge__alpha"])
-    return NestedResult(pred, chosen)
+        inner[int(f)] = float(search.best_score_)
+    return NestedResult(pred, chosen, inner)
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: list[float], inner_folds: int = 4) -> Pipeline:

@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from geocnn import experiment, poverty
 from geocnn.config import ExperimentConfig, load_config
+from pipelines.report import processed_markdown, publish
+from pipelines.policies import CACHED_INGEST, IO_RETRIES, cached_store
 
 # Raster reads and exports touch disks: retry those; training is not retried.
-ingest_task = task(poverty.ingest_survey, name="ingest-survey", retries=2, retry_delay_seconds=5,
-                   cache_policy=NO_CACHE)
+ingest_task = task(poverty.ingest_survey, name="ingest-survey", **CACHED_INGEST)
 two_stage_task = task(poverty.run_two_stage, name="two-stage", cache_policy=NO_CACHE)
 direct_task = task(poverty.run_direct, name="train-direct", cache_policy=NO_CACHE)
-export_task = task(poverty.export_earth, name="export", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-track_task = task(poverty.track_earth, name="track", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+export_task = task(poverty.export_earth, name="export", cache_policy=NO_CACHE, **IO_RETRIES)
+track_task = task(poverty.track_earth, name="track", cache_policy=NO_CACHE)  # registers: not retried
 
 
 def poverty_markdown(cfg: ExperimentConfig, summary: dict[str, Any]) -> str:
@@ -40,7 +40,7 @@ def poverty_flow(config: str | None = None, overrides: list[str] | None = None,
                  base: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run one Earth experiment from a YAML config (plus dotted overrides) and report its metrics and maps."""
     cfg = poverty.survey_split(poverty.resolve_synthetic(load_config(config, overrides, base=base)))
-    store = ingest_task(cfg, progress=progress)
+    store = cached_store(ingest_task, cfg, progress=progress)
     run_id = experiment.open_run(cfg)
     try:
         step = two_stage_task if cfg.two_stage.enabled else direct_task
@@ -52,6 +52,6 @@ def poverty_flow(config: str | None = None, overrides: list[str] | None = None,
         raise
     summary = {"metrics": {**result.metrics, **result.stage1_metrics},
                "outputs": {k: str(v) for k, v in paths.items()}, "run_id": run_id, **tracked}
-    create_markdown_artifact(poverty_markdown(cfg, summary), key="poverty-metrics",
-                             description=f"{cfg.name}: out-of-fold metrics, MLflow run, maps")
+    publish("poverty-metrics", poverty_markdown(cfg, summary) + processed_markdown(store, summary),
+            summary["metrics"], f"{cfg.name}: out-of-fold metrics, MLflow run, maps, registry")
     return summary

@@ -196,8 +196,6 @@ def test_vote_counts_with_dirichlet_multinomial_trains(tmp_path: Path, galaxies:
 
 
 def test_prefect_flow_runs_without_server_and_writes_artifact(tmp_path: Path, galaxies: Path) -> None:
-    from prefect.client.orchestration import get_client
-
     from pipelines.galaxy import galaxy_flow
 
     summary = galaxy_flow(None, small_config(tmp_path, galaxies, "train.epochs=1"), progress=False)
@@ -205,21 +203,14 @@ def test_prefect_flow_runs_without_server_and_writes_artifact(tmp_path: Path, ga
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test/n"] == 50
     assert MlflowClient(mlflow.get_tracking_uri()).get_run(summary["run_id"]).info.status == "FINISHED"
 
-    import asyncio
+    from tests.test_flows import read_artifacts
 
-    async def latest_artifact() -> str:
-        # Prefect 3.8.8's client sends null for omitted filter fields, which its server (under fastapi 0.154)
-        # rejects with 422, and empty flow/task-run filters exclude flow-level artifacts: post the body directly.
-        async with get_client() as client:
-            response = await client._client.post("/artifacts/filter", json={
-                "artifacts": {"key": {"any_": ["galaxy-test-metrics"]}}, "limit": 5, "offset": 0,
-                "sort": "CREATED_DESC"})
-            response.raise_for_status()
-            arts = response.json()
-            return arts[0]["data"] if arts else ""
-
-    text = asyncio.run(latest_artifact())
+    text = read_artifacts("galaxy-test-metrics")[0]["data"]
+    table = read_artifacts("galaxy-test-metrics-table")[0]
     assert summary["run_id"] in text and "| accuracy |" in text
+    assert "250 samples from chip store" in text  # what was processed
+    assert "registered version" in text and "promot" in text
+    assert table["type"] == "table" and "test/accuracy" in str(table["data"])
 
 
 def write_kaggle_format(galaxies: Path, out: Path) -> Path:

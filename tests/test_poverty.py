@@ -102,7 +102,8 @@ def test_map_is_on_the_scene_grid_with_nan_nodata(two_stage: tuple[Path, dict]) 
     assert (tmp / "run" / "maps" / "prediction.png").stat().st_size > 10_000
 
 
-def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, dict]) -> None:
+def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, dict],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     _, summary = two_stage
     client = MlflowClient(summary["tracking_uri"])
     run = client.get_run(summary["run_id"])
@@ -126,6 +127,16 @@ def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, 
     mlflow.set_tracking_uri(summary["tracking_uri"])
     ridge = mlflow.sklearn.load_model(summary["model_uri"])
     assert ridge.predict(np.zeros((1, ridge.n_features_in_))).shape == (1,)
+    # promotion: scored on the inner-CV validation R2 (never test); the champion alias resolves to the CNN bundle
+    # with its stage-2 ridge, which is what scheduled map prediction fetches
+    tags = client.get_model_version("test_poverty", versions[0].version).tags
+    assert tags["geocnn.promotion.metric"] == "validation/r2" and tags["geocnn.promotion.promoted"] == "True"
+    assert float(tags["geocnn.promotion.candidate"]) == pytest.approx(run.data.metrics["validation/r2"])
+    from geocnn.bundle import resolve_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
+    bundle_dir = resolve_model("models:/test_poverty@champion")
+    assert (bundle_dir / "bundle.json").exists() and (bundle_dir / "stage2_ridge.json").exists()
 
 
 def test_direct_cnn_with_country_folds_beats_the_train_mean(tmp_path: Path) -> None:

@@ -1,0 +1,149 @@
+"""Model registry: every training registers a version; the champion alias moves only to a better model."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from geocnn.config import ExperimentConfig, TrainConfig
+from geocnn.errors import GeocnnError
+
+SPLIT_TAG = "geocnn.split_signature"
+TAG = "geocnn.promotion."
+EARTH_FORMATS = ("survey", "synthetic_earth")
+
+Rescore = Callable[[str], "Comparison | None"]
+"""Given the champion's version, score champion and candidate on the same held-out rows (or None if impossible)."""
+
+
+@dataclass
+class Comparison:
+    """Champion and candidate scored on the same validation rows."""
+
+    candidate: float
+    champion: float
+    n_rows: int
+    how: str
+
+
+@dataclass
+class Decision:
+    """What promotion decided for a new version, and why (also written as MLflow tags)."""
+
+    promoted: bool
+    reason: str
+    metric: str
+    direction: str
+    version: str
+    candidate: float | None = None
+    champion: float | None = None
+    champion_version: str | None = None
+    compared_on: str | None = None
+
+
+def promotion_metric(cfg: ExperimentConfig) -> str:
+    """The validation metric deciding promotion (config, else a default per task)."""
+    if cfg.tracking.promotion_metric:
+        return cfg.tracking.promotion_metric
+    if cfg.data.format in EARTH_FORMATS:
+        return "validation/r2"
+    return "validation/accuracy" if cfg.model.task == "classification" else "validation/rmse"
+
+
+def promotion_direction(cfg: ExperimentConfig, metric: str) -> Literal["min", "max"]:
+    """min or max for the promotion metric ('auto' infers it from the name, as train.monitor_mode does)."""
+    if cfg.tracking.promotion_mode != "auto":
+        return cfg.tracking.promotion_mode
+    return TrainConfig(monitor=metric).monitor_direction
+
+
+def check_metric(cfg: ExperimentConfig, metrics: dict[str, float]) -> str:
+    """The promotion metric, refused if it is a test metric or the run did not compute it."""
+    metric = promotion_metric(cfg)
+    if cfg.tracking.promotion != "if_better":
+        return metric
+    if metric.startswith(("test/", "baseline")):
+        raise GeocnnError(f"tracking.promotion_metric={metric!r}: promotion must not look at test metrics; use a "
+                          "validation/* metric (test scores stay an honest estimate only if nothing is chosen on them)")
+    if metric not in metrics or not math.isfinite(metrics[metric]):
+        have = sorted(k for k in metrics if k.startswith("validation/"))
+        raise GeocnnError(f"tracking.promotion_metric={metric!r} was not computed by this run; choose one of {have} "
+                          "(validation needs split.val_fraction > 0)")
+    return metric
+
+
+def split_signature(ids: np.ndarray, labels: np.ndarray) -> str:
+    """Hash of the (sample id, split or fold) assignment: equal iff two runs trained and validated on the same rows."""
+    order = np.argsort(np.asarray(ids).astype(str), kind="stable")
+    h = hashlib.sha256()
+    for i in order:
+        h.update(f"{ids[i]}\t{labels[i]}\n".encode())
+    return h.hexdigest()
+
+
+def better(candidate: float, champion: float, direction: str) -> bool:
+    """Strictly better in the metric's direction (a tie keeps the champion)."""
+    return candidate < champion if direction == "min" else candidate > champion
+
+
+def current_champion(client: MlflowClient, name: str, alias: str) -> object | None:
+    """The model version the alias points at, or None."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def promote(client: MlflowClient, cfg: ExperimentConfig, name: str, version: str, run_id: str,
+            metrics: dict[str, float], signature: str, rescore: Rescore | None = None) -> Decision:
+    """Move the alias to ``version`` if it beats the champion on the validation metric over the same split
+    definition (or, when the data changed, on the validation rows neither model trained on); tag the outcome."""
+    alias = cfg.tracking.alias
+    metric = promotion_metric(cfg)
+    direction = promotion_direction(cfg, metric)
+    value = metrics.get(metric)
+    client.set_model_version_tag(name, version, SPLIT_TAG, signature)
+    decision = Decision(False, "", metric, direction, version, candidate=value)
+    champion = current_champion(client, name, alias)
+    if cfg.tracking.promotion == "never":
+        decision.reason = "tracking.promotion=never"
+    elif cfg.tracking.promotion == "always":
+        decision.promoted, decision.reason = True, "tracking.promotion=always"
+    elif champion is None:
+        decision.promoted, decision.reason = True, f"no {alias} yet"
+    else:
+        decision.champion_version = str(champion.version)
+        champ_run = client.get_run(champion.run_id)
+        champ_sig = champion.tags.get(SPLIT_TAG) or champ_run.data.tags.get(SPLIT_TAG)
+        champ_value = champ_run.data.metrics.get(metric)
+        if champ_sig == signature and champ_value is not None:
+            decision.champion, decision.compared_on = champ_value, f"same split definition {signature[:12]}"
+        else:
+            comparison = rescore(str(champion.version)) if rescore is not None else None
+            if comparison is None:
+                decision.champion = champ_value
+                decision.reason = ("the champion was trained and validated on a different split definition (other "
+                                   "data or split settings) and cannot be rescored on this one; it stays. Promote by "
+                                   f"hand with `geocnn alias {name} {version} {alias}` if intended")
+            else:
+                decision.candidate, decision.champion = comparison.candidate, comparison.champion
+                decision.compared_on = comparison.how
+        if decision.compared_on:
+            decision.promoted = better(decision.candidate, decision.champion, direction)
+            verb = "beats" if decision.promoted else "does not beat"
+            decision.reason = (f"{metric} {decision.candidate:.6g} {verb} the {alias}'s {decision.champion:.6g} "
+                               f"(version {champion.version}, {direction} is better) on {decision.compared_on}")
+    if decision.promoted:
+        client.set_registered_model_alias(name, alias, version)
+    tags = {k: str(v) for k, v in asdict(decision).items() if v is not None}
+    for key, val in tags.items():
+        client.set_model_version_tag(name, version, TAG + key, val)
+        client.set_tag(run_id, TAG + key, val)
+    return decision

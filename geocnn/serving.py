@@ -1,0 +1,157 @@
+"""Unattended runs: the retrain and predict deployments on schedules, against $PREFECT_API_URL or a local server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geocnn.config import ExperimentConfig
+from geocnn.errors import GeocnnError
+
+DEFAULT_HOME = Path("data/prefect")
+
+
+@dataclass
+class Plan:
+    """What `geocnn serve` schedules: each deployment's schedule (cron or seconds) and parameters."""
+
+    retrain: dict[str, Any] | None
+    predict: dict[str, Any] | None
+    retrain_schedule: str | float | None
+    predict_schedule: str | float | None
+    timezone: str
+
+
+def watch_paths(cfg: ExperimentConfig, input_dir: str | None = None, output_dir: str | None = None,
+                model: str | None = None) -> tuple[Path, Path, str]:
+    """The watch folder, the prediction output folder (absolute) and the model (default: NAME@champion)."""
+    src = Path((input_dir or cfg.schedule.input_dir).format(name=cfg.name)).resolve()
+    out = Path((output_dir or cfg.schedule.output_dir).format(name=cfg.name)).resolve()
+    name = cfg.tracking.registered_model or cfg.name
+    ref = model or cfg.schedule.model or f"models:/{name}@{cfg.tracking.alias}"
+    if "://" not in ref and not ref.startswith(("models:/", "runs:/")):
+        ref = str(Path(ref).resolve())
+    return src, out, ref
+
+
+def plan(cfg: ExperimentConfig, config_path: Path, overrides: list[str], retrain: str | float | None,
+         predict: str | float | None, input_dir: str | None = None, output_dir: str | None = None,
+         model: str | None = None) -> Plan:
+    """The deployments to serve: schedules from the command line, else from the config's schedule section."""
+    retrain = retrain if retrain is not None else cfg.schedule.retrain_cron
+    predict = predict if predict is not None else cfg.schedule.predict_cron
+    if retrain is None and predict is None:
+        raise GeocnnError("nothing to serve: set schedule.retrain_cron and/or schedule.predict_cron in the config, "
+                          "or pass --retrain-cron/--predict-cron (or --retrain-every/--predict-every SECONDS)")
+    src, out, ref = watch_paths(cfg, input_dir, output_dir, model)
+    if predict is not None:
+        src.mkdir(parents=True, exist_ok=True)
+    s = cfg.schedule
+    return Plan(
+        retrain={"config": str(config_path.resolve()), "overrides": list(overrides)} if retrain is not None else None,
+        predict={"input_dir": str(src), "output_dir": str(out), "model": ref, "patterns": list(s.patterns) or None,
+                 "min_age_s": s.min_age_s, "max_attempts": s.max_attempts,
+                 "batch_size": cfg.maps.batch_size if cfg.data.format in ("survey", "synthetic_earth")
+                 else cfg.train.eval_batch_size, "device": cfg.train.device, "stride_px": cfg.maps.stride_px}
+        if predict is not None else None,
+        retrain_schedule=retrain, predict_schedule=predict, timezone=s.timezone)
+
+
+def schedule_of(value: str | float, timezone: str) -> Any:
+    """A Prefect schedule: a cron string, or an interval in seconds."""
+    from prefect.schedules import Cron, Interval
+
+    if isinstance(value, (int, float)):
+        return Interval(float(value), timezone=timezone)
+    try:
+        return Cron(value, timezone=timezone)
+    except ValueError as exc:
+        raise GeocnnError(f"schedule {value!r}: not a valid cron expression ({exc}); e.g. '0 3 * * *' = 03:00 daily")
+
+
+def deployments(p: Plan, name: str) -> list[Any]:
+    """Runner deployments of the retrain and predict flows (module entry points, one run at a time each)."""
+    from prefect.deployments.runner import EntrypointType
+
+    from pipelines.predict import predict_flow
+    from pipelines.retrain import retrain_flow
+
+    out = []
+    common = {"concurrency_limit": 1, "entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["geocnn", name]}
+    if p.retrain is not None:
+        out.append(retrain_flow.to_deployment(name=f"{name}-retrain", parameters=p.retrain,
+                                              schedules=[schedule_of(p.retrain_schedule, p.timezone)], **common))
+    if p.predict is not None:
+        out.append(predict_flow.to_deployment(name=f"{name}-predict", parameters=p.predict,
+                                              schedules=[schedule_of(p.predict_schedule, p.timezone)], **common))
+    return out
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def prefect_api(home: Path | None = None, port: int | None = None, timeout_s: float = 120) -> Iterator[str]:
+    """$PREFECT_API_URL when set; else a local Prefect server (SQLite under ``home``, bound to 127.0.0.1) started
+    for as long as the block runs. Prefect's temporary per-process server does not run the scheduler, so serving
+    on a schedule needs a real one."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        yield url
+        return
+    home = Path(os.environ.get("PREFECT_HOME") or home or DEFAULT_HOME).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    log = open(home / "server.log", "ab")
+    prefect = Path(sys.executable).with_name("prefect")
+    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (home / "server.log").read_text(errors="replace")[-2000:]
+                raise GeocnnError(f"the local Prefect server did not start (log {home / 'server.log'}):\n{tail}")
+            time.sleep(0.5)
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url  # flow runs started by the runner inherit it
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
