@@ -79,6 +79,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         typer.echo(f"\nMLflow run {summary['run_id']}  model {summary.get('model_uri', '-')}"
                    + (f" (registered version {summary['registered_version']})" if "registered_version" in summary
                       else ""))
+        if "promotion" in summary:
+            verdict = "promoted to champion" if summary.get("promoted") == "true" else "champion unchanged"
+            typer.echo(f"Registry: {verdict}: {summary['promotion']}")
         typer.echo(f"Open the MLflow UI:  {ui_command()}")
 
 
@@ -187,6 +190,7 @@ def predict(
     tta: Annotated[Optional[int], typer.Option(help="Test-time views (default: the bundle's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Prediction batch size.")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    allow_outside_root: Annotated[bool, typer.Option(help="Let --catalog paths leave the catalog's folder.")] = False,
 ) -> None:
     """Predict images with a bundle or a registered MLflow model; write a table."""
     from geocnn.bundle import load_bundle, resolve_model
@@ -199,7 +203,7 @@ def predict(
     bundle = load_bundle(resolve_model(model))
     if catalog is not None:
         cat = read_csv_catalog(catalog, None, id_column=id_column, file_column=file_column, targets=[],
-                               require_targets=False)
+                               require_targets=False, allow_outside_root=allow_outside_root)
         ids, paths = cat.frame["id"].to_numpy(), [Path(p) for p in cat.frame["image"]]
     else:
         if not images.is_dir():
@@ -363,7 +367,7 @@ def watch(
 
     if config is None and not (input_dir and output_dir and model):
         raise GeocnnError("give a config, or all of --input DIR --output DIR --model MODEL")
-    cfg = load_config(config, set_ or []) if config else load_config(None, ["name=watch"])
+    cfg = load_config(config, set_ or []) if config else load_config(None, ["name=watch", *(set_ or [])])
     src, out, ref = watch_paths(cfg, input_dir, output_dir, model)
     s = cfg.schedule
     args = (str(src), str(out), ref, list(s.patterns) or None, s.min_age_s, s.max_attempts)

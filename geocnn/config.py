@@ -56,6 +56,9 @@ class DataConfig(Strict):
     synthetic_seed: int = Field(0, description="Seed of the generated galaxies (format 'synthetic'); independent of "
                                 "the model seed, so model seeds can vary on the same data.")
     store_root: str = Field("data/stores", description="Folder holding chip stores (reused across runs).")
+    allow_outside_root: bool = Field(False, description="Let catalog image paths point outside data.images and "
+                                     "the catalog's folder (off: a path like ../../x or an absolute path elsewhere "
+                                     "is refused).")
 
 
 class EarthConfig(Strict):

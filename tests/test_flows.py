@@ -129,3 +129,30 @@ def test_serve_needs_a_schedule(tmp_path: Path) -> None:
 
     with pytest.raises(GeocnnError, match="nothing to serve"):
         plan(load_config(overrides=["name=x"]), tmp_path / "x.yaml", [], None, None)
+
+
+def test_retrain_flow_registers_each_run_and_keeps_the_champion_on_a_tie(tmp_path: Path) -> None:
+    import yaml
+    from mlflow import MlflowClient
+
+    from geocnn.synthetic import make_galaxies
+    from geocnn.tracking import tracking_uri
+    from pipelines.retrain import retrain_flow
+
+    catalog = make_galaxies(tmp_path / "syn", 60, 48, seed=4)
+    config = tmp_path / "retrain.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "retrained", "output_dir": str(tmp_path / "run"),
+        "data": {"format": "csv", "catalog": str(catalog), "targets": ["morphology"], "crop": 48, "chip_size": 24,
+                 "store_root": str(tmp_path / "stores")},
+        "split": {"method": "stratified", "val_fraction": 0.3, "test_fraction": 0.2},
+        "model": {"backbone": "resnet10t", "task": "classification"},
+        "train": {"epochs": 1, "batch_size": 16, "num_threads": 2}, "augment": {"tta_views": 1}}))
+    first = retrain_flow(str(config))
+    second = retrain_flow(str(config))  # same data, same seed: the same validation score, so no promotion
+    assert (first["registered_version"], first["promoted"]) == ("1", "true")
+    assert second["registered_version"] == "2" and second["promoted"] == "false"
+    assert second["metrics"]["validation/accuracy"] == pytest.approx(first["metrics"]["validation/accuracy"])
+    client = MlflowClient(tracking_uri())
+    assert str(client.get_model_version_by_alias("retrained", "champion").version) == "1"
+    assert "same split definition" in client.get_model_version("retrained", "2").tags["geocnn.promotion.compared_on"]

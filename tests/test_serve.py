@@ -195,5 +195,23 @@ def test_prefect_yaml_deploys_to_a_work_pool_and_a_worker_runs_it(tmp_path: Path
         assert started.returncode == 0, started.stderr[-2000:]
         worker = cli("worker", "start", "--pool", "geocnn", "--run-once", timeout=300)
         assert worker.returncode == 0, worker.stderr[-3000:]
+
+        # `geocnn serve` with PREFECT_API_URL set registers its deployment on that server and serves it from there
+        inbox2, out2 = tmp_path / "inbox2", tmp_path / "out2"
+        drop(inbox2, ["s1.png"], seed=11)
+        config = tmp_path / "api.yaml"
+        config.write_text("name: api_served\n")
+        log = tmp_path / "serve_api.log"
+        with open(log, "wb") as fh:
+            served = subprocess.Popen([*GEOCNN, "serve", str(config), "--no-retrain", "--predict-every", "4",
+                                       "--input", str(inbox2), "--output", str(out2), "--model", str(model)],
+                                      env={**env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}, stdout=fh,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(lambda: "s1.png" in ledger_items(out2), 180, "serve against PREFECT_API_URL", served, log)
+        finally:
+            stop(served)
+        assert "api_served-predict" in {d.name for d in asyncio.run(read_deployments())}
+        assert url in log.read_text(errors="replace")
     table = pd.read_parquet(out / "predictions.parquet")
     assert sorted(table["id"]) == ["w1.png", "w2.png"]

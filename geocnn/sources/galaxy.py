@@ -81,16 +81,17 @@ def read_galaxy_catalog(data: DataConfig, task: str) -> Catalog:
         path = Path(data.catalog).expanduser()
         if fmt == "kaggle":
             catalog = read_kaggle(path, images, targets, id_column=data.id_column or KAGGLE_ID,
-                                  group_column=data.group_column)
+                                  group_column=data.group_column, allow_outside_root=data.allow_outside_root)
         elif fmt == "zoobot":
             catalog = read_zoobot(path, images, targets, id_column=data.id_column, file_column=data.file_column,
-                                  group_column=data.group_column)
+                                  group_column=data.group_column, allow_outside_root=data.allow_outside_root)
         elif fmt == "csv":
             file_column: str | None = data.file_column
             if file_column is None and "file" in _read_header(path):
                 file_column = "file"
             catalog = read_csv_catalog(path, images, id_column=data.id_column or "id", file_column=file_column,
-                                       targets=targets, group_column=data.group_column)
+                                       targets=targets, group_column=data.group_column,
+                                       allow_outside_root=data.allow_outside_root)
         else:  # pragma: no cover - DataConfig's Literal forbids it
             raise GeocnnError(f"data.format {fmt!r} is not one of kaggle, zoobot, folders, csv, synthetic.")
     return prepare_targets(catalog, task)
@@ -199,6 +200,7 @@ def encode_classes(values: pd.Series, source: str, column: str) -> tuple[pd.Seri
 
 
 def read_kaggle(catalog: Path, images: Path | None = None, targets: list[str] | None = None, *,
+                allow_outside_root: bool = False,
                 id_column: str = KAGGLE_ID, group_column: str | None = None) -> Catalog:
     """Read a Kaggle "Galaxy Zoo - The Galaxy Challenge" catalog (``GalaxyID`` + Class1.1..Class11.6).
 
@@ -223,7 +225,7 @@ def read_kaggle(catalog: Path, images: Path | None = None, targets: list[str] | 
     targets = list(targets) if targets else list(KAGGLE_TREE.columns)
     cat = _table_catalog(catalog, images, id_column=id_column, id_candidates=(), file_column=None,
                          file_candidates=(), targets=targets, group_column=group_column,
-                         templates=("{id}.jpg",))
+                         templates=("{id}.jpg",), allow_outside_root=allow_outside_root)
     validate_targets(cat.frame, cat.targets, cat.source)
     for col in cat.targets:
         cat.frame[col] = pd.to_numeric(cat.frame[col]).astype("float64")
@@ -231,6 +233,7 @@ def read_kaggle(catalog: Path, images: Path | None = None, targets: list[str] | 
 
 
 def read_zoobot(catalog: Path, images: Path | None = None, targets: list[str] | None = None, *,
+                allow_outside_root: bool = False,
                 id_column: str | None = None, file_column: str | None = None,
                 group_column: str | None = None) -> Catalog:
     """Read a GZ DECaLS / Zoobot catalog (``id_str`` or ``iauname`` ids, optional file column, vote columns).
@@ -262,7 +265,8 @@ def read_zoobot(catalog: Path, images: Path | None = None, targets: list[str] | 
 
 def read_csv_catalog(catalog: Path, images: Path | None = None, id_column: str = "id",
                      file_column: str | None = "file", targets: list[str] | None = None, *,
-                     group_column: str | None = None, require_targets: bool = True) -> Catalog:
+                     group_column: str | None = None, require_targets: bool = True,
+                     allow_outside_root: bool = False) -> Catalog:
     """Read any CSV or Parquet catalog with an id column, an image path column and target columns.
 
     Args:
@@ -281,7 +285,7 @@ def read_csv_catalog(catalog: Path, images: Path | None = None, id_column: str =
     """
     return _table_catalog(Path(catalog), images, id_column=id_column, id_candidates=(), file_column=file_column,
                           file_candidates=(), targets=targets, group_column=group_column,
-                          require_targets=require_targets)
+                          require_targets=require_targets, allow_outside_root=allow_outside_root)
 
 
 def read_folders(root: Path) -> Catalog:
@@ -518,7 +522,7 @@ def _ids_as_text(values: pd.Series) -> pd.Series:
 def _table_catalog(path: Path, images: Path | str | None, *, id_column: str | None, id_candidates: Sequence[str],
                    file_column: str | None, file_candidates: Sequence[str], targets: list[str] | None,
                    group_column: str | None, templates: Sequence[str] = (),
-                   require_targets: bool = True) -> Catalog:
+                   require_targets: bool = True, allow_outside_root: bool = False) -> Catalog:
     """Shared body of the table readers: columns, ids, image paths (with the by-name fallback), targets."""
     source = str(path)
     header = _read_header(path)
@@ -564,7 +568,7 @@ def _table_catalog(path: Path, images: Path | str | None, *, id_column: str | No
 
     root = _image_root(path, images)
     files = raw[file_column] if file_column else None
-    image_paths = _resolve_images(ids, files, file_column, root, path.parent, templates, source)
+    image_paths = _resolve_images(ids, files, file_column, root, path.parent, templates, source, allow_outside_root)
 
     frame = pd.DataFrame({ID: ids.to_numpy(dtype=object), IMAGE: image_paths})
     frame[ID] = frame[ID].astype(str)
@@ -593,10 +597,17 @@ def _image_root(catalog: Path, images: Path | str | None) -> Path:
     return root
 
 
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    """Whether ``path`` (symlinks resolved) lies inside one of ``roots``."""
+    real = Path(os.path.realpath(path))
+    return any(real.is_relative_to(os.path.realpath(r)) for r in roots)
+
+
 def _resolve_images(ids: pd.Series, files: pd.Series | None, file_column: str | None, root: Path, catalog_dir: Path,
-                    templates: Sequence[str], source: str) -> list[str]:
+                    templates: Sequence[str], source: str, allow_outside_root: bool = False) -> list[str]:
     """Absolute path of every row's image: the file column (against ``root``, then the catalog folder),
-    the templates, else a by-name lookup in one index of ``root``; every path is checked to exist."""
+    the templates, else a by-name lookup in one index of ``root``; every path is checked to exist and, unless
+    allowed, to lie inside ``root`` or the catalog folder (symlinks resolved)."""
     bases = [root] if root.resolve() == catalog_dir.resolve() else [root, catalog_dir]
     index: dict[str, Path] | None = None
     out: list[str] = []
@@ -623,6 +634,12 @@ def _resolve_images(ids: pd.Series, files: pd.Series | None, file_column: str | 
                 what = "tried " + ", ".join(str(p) for p in tried) if tried else "no file column"
             missing.append((i, f"{what}; no {sample_id}.png/.jpg/.jpeg/.fits under {root}"))
             continue
+        if not allow_outside_root and not _inside(found, bases):
+            raise GeocnnError(
+                f"{source}: row {i + 2} (id {sample_id!r}): the image path {str(value or found)!r} resolves to "
+                f"{os.path.realpath(found)}, outside the data root ({', '.join(str(b) for b in bases)}). Catalog "
+                "paths may not leave the image folder or the catalog's folder: move the images there, point "
+                "data.images at their folder, or set data.allow_outside_root: true if this is intended.")
         out.append(os.path.abspath(found))
     if missing:
         i, detail = missing[0]
