@@ -112,6 +112,14 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, even by SIGKILL (Linux), so no server is left orphaned."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def prefect_api(home: Path | None = None, port: int | None = None, timeout_s: float = 120) -> Iterator[str]:
     """$PREFECT_API_URL when set; else a local Prefect server (SQLite under ``home``, bound to 127.0.0.1) started
@@ -129,7 +137,8 @@ def prefect_api(home: Path | None = None, port: int | None = None, timeout_s: fl
     log = open(home / "server.log", "ab")
     prefect = Path(sys.executable).with_name("prefect")
     proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     try:
         deadline = time.monotonic() + timeout_s
         while not _healthy(url):

@@ -94,8 +94,16 @@ def test_predict_cli_reproduces_test_predictions_in_another_process(tmp_path: Pa
     new["file"] = [str(galaxies.parent / f) for f in new["file"]]
     new.to_csv(tmp_path / "new.csv", index=False)
     out = tmp_path / "pred.parquet"
+    # the catalog lists absolute paths outside its own folder: refused unless asked for
+    from typer.testing import CliRunner
+
+    from geocnn.cli import app
+
+    refused = CliRunner().invoke(app, ["predict", "--model", str(tmp_path / "run" / "bundle"), "--catalog",
+                                       str(tmp_path / "new.csv"), "--out", str(out)])
+    assert refused.exit_code == 2 and "outside the data root" in refused.output and not out.exists()
     proc = subprocess.run([*GEOCNN, "predict", "--model", str(tmp_path / "run" / "bundle"), "--catalog",
-                           str(tmp_path / "new.csv"), "--out", str(out), "--device", "cpu"],
+                           str(tmp_path / "new.csv"), "--out", str(out), "--device", "cpu", "--allow-outside-root"],
                           capture_output=True, text=True, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr
     got = pd.read_parquet(out).set_index("id").loc[test["id"]]
