@@ -144,7 +144,7 @@ class Ledger:
 
     def batches(self) -> list[str]:
         """Batches recorded, oldest first."""
-        return [r[0] for r in self.db.execute("SELECT batch FROM batches ORDER BY created, batch")]
+        return [r[0] for r in self.db.execute("SELECT batch FROM batches ORDER BY rowid")]  # insertion order
 
     def items(self) -> list[dict[str, object]]:
         """Every recorded item as a dict (for reports and tests)."""
