@@ -1,0 +1,94 @@
+"""Faults injected for real: SIGKILL during a chip-store build and during a map export, then the same command again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+
+from tests.conftest import write_rgb
+
+BUILD = """
+import sys
+from geocnn.config import load_config
+from geocnn.experiment import ingest
+cfg = load_config(overrides=sys.argv[1:])
+print(ingest(cfg, progress=False).root)
+"""
+
+
+def kill_when(proc: subprocess.Popen, found, timeout: float = 120) -> Path:
+    """SIGKILL ``proc`` as soon as ``found()`` returns a path (a temporary output appeared)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hit = found()
+        if hit is not None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return hit
+        assert proc.poll() is None, "the process finished before it could be interrupted"
+        time.sleep(0.01)
+    raise AssertionError("no temporary output appeared")
+
+
+def test_sigkill_during_store_build_leaves_no_store_and_the_rerun_equals_a_clean_build(tmp_path: Path) -> None:
+    images = tmp_path / "imgs"
+    for i in range(40):
+        write_rgb(images / f"g{i}.png", size=160, seed=i)
+    rows = [{"id": f"s{k}", "file": f"g{k % 40}.png", "y": float(k % 7)} for k in range(800)]
+    pd.DataFrame(rows).to_csv(images / "catalog.csv", index=False)
+    args = ["data.format=csv", f"data.catalog={images / 'catalog.csv'}", "data.targets=[y]", "data.crop=160",
+            "data.chip_size=64", "model.task=regression"]
+    stores = tmp_path / "stores"
+    proc = subprocess.Popen([sys.executable, "-c", BUILD, *args, f"data.store_root={stores}"])
+    part = kill_when(proc, lambda: next(iter(stores.glob(".*.part")), None) if stores.exists() else None)
+    assert part.name.startswith(".") and not [p for p in stores.iterdir() if not p.name.startswith(".")]
+    # the same command again: completes, removes the dead process's partial folder, equals a clean build
+    rerun = subprocess.run([sys.executable, "-c", BUILD, *args, f"data.store_root={stores}"], capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    from geocnn.config import load_config
+    from geocnn.experiment import ingest
+
+    want = ingest(load_config(overrides=[*args, f"data.store_root={tmp_path / 'clean'}"]), progress=False).root
+    got = Path(rerun.stdout.strip().splitlines()[-1])
+    assert got.name == want.name  # same content key
+    np.testing.assert_array_equal(np.load(got / "chips.npy"), np.load(want / "chips.npy"))
+    pd.testing.assert_frame_equal(pd.read_parquet(got / "index.parquet"), pd.read_parquet(want / "index.parquet"))
+    assert [p.name for p in stores.iterdir()] == [got.name]  # nothing partial left
+
+
+def test_sigkill_during_map_export_leaves_no_map_and_the_rerun_equals_a_clean_export(tmp_path: Path) -> None:
+    from geocnn.bundle import save_bundle
+    from geocnn.config import EarthConfig
+    from geocnn.models.network import GeoNet, NetSpec
+    from geocnn.synthetic_earth import make_scene
+
+    paths = make_scene(tmp_path / "scene", size_px=512, n_clusters=20, seed=2)
+    with rasterio.open(paths["scene"]) as src:
+        n = src.count
+    spec = NetSpec(backbone="resnet10t", in_chans=n, task="regression", targets=["wealth"], mean=[0.1] * n,
+                   std=[0.05] * n)
+    pre = {"kind": "earth", "chip_size": 32, "bands": [f"b{i}" for i in range(n)], "dtype": "float32",
+           "earth": EarthConfig(scenes=[str(paths["scene"])], chip_px=32).model_dump()}
+    model = save_bundle(GeoNet(spec, weights="random"), tmp_path / "bundle", pre, tta_views=1)
+    cmd = [sys.executable, "-m", "geocnn.cli", "map", "--model", str(model), "--stride", "16"]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: next(iter(out.glob(".prediction.tif.*.part*")), None) if out.exists() else None)
+    assert not (out / "prediction.tif").exists()
+    assert subprocess.run([*cmd, "--out", str(out)], capture_output=True, timeout=600).returncode == 0
+    from geocnn.poverty import map_from_bundle
+
+    map_from_bundle(str(model), tmp_path / "clean", None, 16)
+    with rasterio.open(out / "prediction.tif") as a, rasterio.open(tmp_path / "clean" / "prediction.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.transform == b.transform and a.crs == b.crs
+    assert sorted(p.name for p in out.iterdir()) == ["prediction.png", "prediction.tif"]  # nothing partial left
