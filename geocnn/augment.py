@@ -20,8 +20,10 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     b = x.shape[0]
     dev = x.device
 
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator).to(dev)
+    def rand(*shape: int) -> torch.Tensor:  # drawn where the generator lives: no host round trip on a GPU
+        if generator is None or generator.device == dev:
+            return torch.rand(*shape, generator=generator, device=dev)
+        return torch.rand(*shape, generator=generator).to(dev, non_blocking=True)
 
     need_warp = cfg.rotate or cfg.translate > 0 or cfg.zoom > 0
     if cfg.flip:
@@ -30,9 +32,14 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         flip_v = rand(b) < 0.5
         x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
     if cfg.rot90:
-        k = (rand(b) * 4).long().clamp(max=3)
-        x = torch.stack([torch.rot90(img, int(r), dims=(-2, -1)) for img, r in zip(x, k.tolist())]) \
-            if x.shape[-1] == x.shape[-2] else x
+        if x.shape[-1] == x.shape[-2]:  # all four turns, each image keeps its own (no per-image host loop)
+            k = (rand(b) * 4).long().clamp(max=3)[:, None, None, None]
+            turned = x
+            out = x
+            for r in range(1, 4):
+                turned = torch.rot90(turned, 1, dims=(-2, -1))
+                out = torch.where(k == r, turned, out)
+            x = out
     if need_warp:
         angle = rand(b) * 2 * math.pi if cfg.rotate else torch.zeros(b, device=dev)
         scale = torch.exp((rand(b) * 2 - 1) * math.log1p(cfg.zoom)) if cfg.zoom > 0 else torch.ones(b, device=dev)

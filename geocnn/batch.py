@@ -13,8 +13,8 @@ import pandas as pd
 
 from geocnn.errors import GeocnnError
 from geocnn.export import read_table, write_table
-from geocnn.watch import (BATCHES, EARTH_PATTERNS, GALAXY_PATTERNS, Item, Ledger, Outcome, discover, exclusive,
-                          new_batch_id)
+from geocnn.watch import (BATCHES, EARTH_PATTERNS, GALAXY_PATTERNS, Item, Ledger, Outcome, check_folder, discover,
+                          exclusive, new_batch_id)
 
 
 @dataclass
@@ -178,6 +178,7 @@ def predict_new(input_dir: str | Path, output_dir: str | Path, model: str, patte
     """
     steps = steps or Steps()
     src, out = Path(input_dir), Path(output_dir)
+    check_folder(src)  # before the output folder or its ledger is created
     with exclusive(out) as mine:
         if not mine:
             log(f"another prediction run is writing to {out}; this run leaves the files to it")

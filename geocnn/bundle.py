@@ -58,6 +58,11 @@ def save_bundle(net: GeoNet, path: str | Path, preprocessing: dict[str, Any], tt
 def load_bundle(path: str | Path) -> Bundle:
     """Rebuild the network from bundle.json and load its weights (safetensors only)."""
     path = Path(path)
+    pickled = sorted(p.name for p in path.glob("*") if p.suffix in (".pt", ".pth", ".ckpt", ".pkl", ".bin"))
+    if pickled and not (path / WEIGHTS).exists():
+        raise GeocnnError(f"{path}: holds {', '.join(pickled)} but no {WEIGHTS}. Pickled weights are never loaded "
+                          "(unpickling can run arbitrary code); bundles carry safetensors only. Re-export the model "
+                          "with geocnn, or convert the state dict with safetensors.torch.save_file.")
     if not (path / META).exists() or not (path / WEIGHTS).exists():
         raise GeocnnError(f"{path}: not a geocnn bundle ({META} and {WEIGHTS} expected). Use the 'bundle' folder "
                           "of a run's output_dir or a models:/NAME@ALIAS URI.")

@@ -72,6 +72,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         typer.echo("\nOther baselines and the poorer half of clusters (same folds):")
         for name in others:
             typer.echo(f"  {name:<40} {metrics[name]:8.4f}")
+    if summary.get("resumed_at_epoch") is not None:
+        typer.echo(f"\nResumed an interrupted training from its last checkpoint at epoch {summary['resumed_at_epoch']}"
+                   " (same MLflow run, tagged geocnn.resumed)")
     typer.echo("\nOutputs:")
     for key, path in summary["outputs"].items():
         typer.echo(f"  {key:<20} {path}")
@@ -195,7 +198,7 @@ def predict(
     """Predict images with a bundle or a registered MLflow model; write a table."""
     from geocnn.bundle import load_bundle, resolve_model
     from geocnn.export import predictions_frame, write_table
-    from geocnn.predict import load_chips, predict_chips
+    from geocnn.predict import check_chips, load_chips, predict_chips
     from geocnn.sources.galaxy import find_image_files, read_csv_catalog
 
     if (images is None) == (catalog is None):
@@ -217,6 +220,7 @@ def predict(
         raise GeocnnError(f"--model {model}: an Earth model predicts scenes, not image files; use "
                           "`geocnn map --model ... --scene SCENE.tif --out DIR` (or `geocnn run` on new survey points)")
     chips = load_chips(paths, pre["crop"], pre["chip_size"], pre["channels"])
+    check_chips(bundle, chips, f"{catalog or images} (read as {pre['channels']})")
     pred = predict_chips(bundle.net, chips, None, batch_size, bundle.tta_views if tta is None else tta, device,
                          progress=True)
     frame = predictions_frame(ids, pred, bundle.spec)
@@ -364,11 +368,13 @@ def watch(
     """Predict the files that arrived in the watch folder since the last run, once (what the schedule runs)."""
     from geocnn.config import load_config
     from geocnn.serving import watch_paths
+    from geocnn.watch import check_folder
 
     if config is None and not (input_dir and output_dir and model):
         raise GeocnnError("give a config, or all of --input DIR --output DIR --model MODEL")
     cfg = load_config(config, set_ or []) if config else load_config(None, ["name=watch", *(set_ or [])])
     src, out, ref = watch_paths(cfg, input_dir, output_dir, model)
+    check_folder(src)  # a clear error before any flow, server or ledger starts
     s = cfg.schedule
     args = (str(src), str(out), ref, list(s.patterns) or None, s.min_age_s, s.max_attempts)
     if no_prefect:

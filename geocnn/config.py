@@ -226,6 +226,8 @@ class TrainConfig(Strict):
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present, else CPU.")
     resume: bool = Field(True, description="Resume from the last checkpoint in output_dir if one exists.")
+    compile: bool = Field(False, description="torch.compile the network's training forward (worth it on a GPU "
+                          "for long runs; the first steps pay the compilation).")
     limit_train_batches: float | int | None = Field(None, description="Debug: cap on batches per epoch.")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from geocnn.splits import SplitView
 from geocnn.store import CHIPS
@@ -41,6 +41,26 @@ def target_array(view: SplitView, task: str) -> np.ndarray:
     return frame.to_numpy(dtype=np.float32)
 
 
+class EpochShuffledBatches(Sampler[list[int]]):
+    """Shuffled batches whose order depends only on (seed, epoch), so a training resumed at epoch e sees the same
+    batches as one that never stopped. Lightning calls ``set_epoch`` before every epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool) -> None:
+        self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self):  # noqa: ANN204 - a generator of position lists
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start:start + self.batch_size].tolist()
+
+
 class ChipDataModule(L.LightningDataModule):
     """Train/val loaders over one split of a store (test is read only by evaluation, once)."""
 
@@ -57,11 +77,11 @@ class ChipDataModule(L.LightningDataModule):
 
     def _loader(self, rows: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
         ds = ChipBatches(self.view.store.root / CHIPS, rows, self.targets)
+        sampler: Sampler[list[int]]
         if shuffle:
-            base = RandomSampler(range(len(rows)), generator=torch.Generator().manual_seed(self.seed))
+            sampler = EpochShuffledBatches(len(rows), batch_size, self.seed, drop_last=len(rows) > batch_size)
         else:
-            base = SequentialSampler(range(len(rows)))
-        sampler = BatchSampler(base, batch_size, drop_last=shuffle and len(rows) > batch_size)
+            sampler = BatchSampler(SequentialSampler(range(len(rows))), batch_size, drop_last=False)
         return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 

@@ -130,9 +130,7 @@ def build_earth_store(points: pd.DataFrame, targets: list[str], cfg: ExperimentC
             del chips
             n_keep = int(keep.sum())
             if n_keep == 0:
-                raise GeocnnError(f"earth: every one of the {len(chips_at)} chips has more than "
-                                  f"{earth.max_nodata_fraction:.0%} nodata: are the points inside the scenes "
-                                  "(lat/lon columns not swapped)? Raise earth.max_nodata_fraction if intended")
+                raise GeocnnError(_no_usable_chips(cfg, scenes, lons, lats))
             index = chips_at.loc[keep].reset_index(drop=True)
             index.insert(1, "row", np.arange(n_keep))
             index["nodata_fraction"] = nodata[keep]
@@ -210,3 +208,23 @@ def sample_points(cfg: ExperimentConfig, n: int, seed: int) -> pd.DataFrame:
         ys = rng.uniform(bottom + margin * (top - bottom), top - margin * (top - bottom), n)
         lon, lat = warp(scene.crs, "EPSG:4326", xs.tolist(), ys.tolist())
     return pd.DataFrame({ID: [f"s{i}" for i in range(n)], "lat": lat, "lon": lon})
+
+
+def _no_usable_chips(cfg: ExperimentConfig, scenes: list, lons: np.ndarray, lats: np.ndarray) -> str:
+    """Why no chip could be used: points outside every scene, or scenes that are nodata where the points are."""
+    from rasterio.warp import transform_bounds
+
+    boxes = [transform_bounds(s.crs, "EPSG:4326", *s.bounds) if s.crs else None for s in scenes]
+    inside = np.zeros(len(lons), bool)
+    for b in boxes:
+        if b is not None:
+            inside |= (lons >= b[0]) & (lons <= b[2]) & (lats >= b[1]) & (lats <= b[3])
+    where = "; ".join(f"{Path(s.paths[0]).name} covers lon {b[0]:.3f}..{b[2]:.3f}, lat {b[1]:.3f}..{b[3]:.3f}"
+                      for s, b in zip(scenes, boxes) if b is not None)
+    n_out = int((~inside).sum())
+    if n_out == len(lons):
+        return (f"{cfg.data.catalog}: all {len(lons)} chip centres lie outside every scene ({where}). Check the "
+                "survey's earth.lat_column/earth.lon_column (not swapped, in degrees) and earth.scenes.")
+    return (f"{cfg.data.catalog}: every one of the {len(lons)} chips has more than "
+            f"{cfg.earth.max_nodata_fraction:.0%} nodata ({n_out} centres outside every scene: {where}); the scenes "
+            "are nodata where the points are. Check earth.scenes / earth.nodata, or raise earth.max_nodata_fraction.")

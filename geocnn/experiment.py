@@ -12,6 +12,7 @@ import pandas as pd
 from geocnn.bundle import save_bundle
 from geocnn.catalog import Catalog
 from geocnn.config import ExperimentConfig
+from geocnn.errors import GeocnnError
 from geocnn.datamodule import target_array
 from geocnn.evaluate import (classification_metrics, confusion, prefix_test, regression_metrics,
                              vote_fraction_metrics)
@@ -62,7 +63,11 @@ def ingest(cfg: ExperimentConfig, progress: bool = True) -> ChipStore:
 def split(store: ChipStore, cfg: ExperimentConfig) -> SplitView:
     """Assign train/val/test (stratified on the class target by default for classification)."""
     stratify = store.targets[0] if cfg.model.task == "classification" else None
-    return split_store(store, cfg.split, stratify)
+    view = split_store(store, cfg.split, stratify)
+    if len(view.rows("val")) == 0:  # found before any run or output is opened
+        raise GeocnnError("split: the validation partition is empty; set split.val_fraction > 0 (model selection "
+                          "uses validation, never test)")
+    return view
 
 
 def train(view: SplitView, cfg: ExperimentConfig, run_id: str | None = None, progress: bool = True) -> FitResult:
@@ -190,6 +195,7 @@ def track(run_id: str, cfg: ExperimentConfig, evaluation: Evaluation, paths: dic
         result["promotion"] = decision.reason
         result["promoted"] = str(decision.promoted).lower()
     tracking.end_run(run_id)
+    finish_run(cfg)
     return result
 
 
@@ -240,16 +246,33 @@ def champion_rescore(cfg: ExperimentConfig, name: str, view: SplitView, evaluati
 
 
 def open_run(cfg: ExperimentConfig) -> str | None:
-    """Start the MLflow run, or reopen the one of an interrupted training being resumed."""
+    """Start the MLflow run, or reopen the one an interrupted run of the same command left unfinished.
+
+    A run killed or failed before it finished is continued by the next run of the same config in the same
+    output_dir: training resumes from its last checkpoint and the run is tagged ``geocnn.resumed``,
+    ``geocnn.resume_count`` and ``geocnn.resumed_at_epoch``.
+    """
     if not cfg.tracking.enabled:
         return None
     from geocnn import tracking
-    from geocnn.train import read_state, resume_checkpoint, write_state
+    from geocnn.train import checkpoint_epoch, config_key, read_state, resume_checkpoint, same_command, write_state
 
-    previous = read_state(cfg.out).get("run_id") if resume_checkpoint(cfg) else None
-    run_id = tracking.start_run(cfg, resume_run_id=previous)
-    write_state(cfg.out, run_id=run_id)
+    state = read_state(cfg.out)
+    previous = None
+    if cfg.train.resume and state.get("run_id") and not state.get("run_finished", False) and same_command(cfg):
+        previous = state["run_id"]
+    ckpt = resume_checkpoint(cfg)
+    run_id = tracking.start_run(cfg, resume_run_id=previous,
+                                resumed_at_epoch=checkpoint_epoch(ckpt) + 1 if ckpt else None)
+    write_state(cfg.out, run_id=run_id, run_finished=False, config=config_key(cfg))
     return run_id
+
+
+def finish_run(cfg: ExperimentConfig) -> None:
+    """Record that output_dir's run finished: the next run of the command starts a new one."""
+    from geocnn.train import write_state
+
+    write_state(cfg.out, run_finished=True)
 
 
 def fail_run(run_id: str | None) -> None:
@@ -261,10 +284,13 @@ def fail_run(run_id: str | None) -> None:
 
 
 def summary(cfg: ExperimentConfig, evaluation: Evaluation, paths: dict[str, Path], run_id: str | None,
-            tracked: dict[str, str]) -> dict[str, object]:
-    """What a finished experiment reports: metrics, output paths, run id, model URI."""
-    return {"metrics": evaluation.metrics, "outputs": {k: str(v) for k, v in paths.items()}, "run_id": run_id,
-            **tracked}
+            tracked: dict[str, str], fitted: FitResult | None = None) -> dict[str, object]:
+    """What a finished experiment reports: metrics, output paths, run id, model URI, whether it resumed."""
+    out = {"metrics": evaluation.metrics, "outputs": {k: str(v) for k, v in paths.items()}, "run_id": run_id,
+           **tracked}
+    if fitted is not None and fitted.resumed:
+        out["resumed_at_epoch"] = fitted.resumed_at_epoch
+    return out
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, object]:
@@ -280,4 +306,4 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, ob
     except BaseException:
         fail_run(run_id)
         raise
-    return summary(cfg, evaluation, paths, run_id, tracked)
+    return summary(cfg, evaluation, paths, run_id, tracked, result)

@@ -99,6 +99,7 @@ def raster_reader(path: str | Path, bands: Sequence[int] | None = None,
                             masked=True, resampling=resampling)
             return data.astype(np.float32).filled(np.nan)
 
+        read.exact_strips = True  # type: ignore[attr-defined]  # plain windowed reads: a strip = its windows
         yield read, Grid(crs=src.crs, transform=src.transform, width=src.width, height=src.height)
 
 
@@ -203,12 +204,23 @@ def _accumulate(read: Reader, grid: Grid, predict: Predictor, chip: int, stride:
     bands = None
     n_used = 0
     col_origins = _origins(grid.width, chip, stride)
+    # A reader marked exact_strips returns the same pixels for one strip as for its windows read one by one:
+    # then each row of windows is one read (at native resolution), sliced, instead of one read per window.
+    strips = bool(getattr(read, "exact_strips", False)) and in_px == chip
+    strip_w = int(col_origins[-1]) + chip
     for row in tqdm(_origins(grid.height, chip, stride), desc="map strips", unit="strip", disable=not progress):
+        if strips:
+            strip = _read_checked(read, Window(0, int(row), strip_w, chip), (chip, strip_w), bands)
+            strip_nan = np.isnan(strip).any(axis=0)
         for col in col_origins:
             window = Window(int(col), int(row), chip, chip)
-            chip_data = _read_checked(read, window, (in_px, in_px), bands)
+            if strips:
+                chip_data = strip[:, :, int(col):int(col) + chip]
+                nodata = float(strip_nan[:, int(col):int(col) + chip].mean())
+            else:
+                chip_data = _read_checked(read, window, (in_px, in_px), bands)
+                nodata = float(np.isnan(chip_data).any(axis=0).mean())
             bands = chip_data.shape[0]
-            nodata = float(np.isnan(chip_data).any(axis=0).mean())
             if nodata >= 1.0 or nodata > max_nodata:
                 continue
             pending.append((window, chip_data))

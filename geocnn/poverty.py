@@ -319,21 +319,38 @@ def map_reader(scenes: list, layers: list) -> Callable:
                 parts.append(layer.read(from_bounds(*lb, transform=layer.transform), out_shape))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
+    read.exact_strips = not layers  # one scene's pixels: a strip reads the same values as its windows
     return read
 
 
-def scene_predictor(net: GeoNet, head: Any = None) -> Callable[[np.ndarray], np.ndarray]:
-    """Batch of raw chips (NaN nodata) -> one value per chip: stage-2 ridge on encoder features, or the CNN."""
+def scene_predictor(net: GeoNet, head: Any = None, device: str = "auto",
+                    compile_model: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """Batch of raw chips (NaN nodata) -> one value per chip: stage-2 ridge on encoder features, or the CNN.
+
+    On CUDA the network runs channels-last under bf16 autocast and batches go over non-blocking copies; the one
+    synchronisation per batch is the copy of its predictions back to the host.
+    """
     import torch
 
-    net = net.eval()
+    from geocnn.predict import pick_device
+
+    dev = pick_device(device)
+    net = net.to(dev).eval()
+    cuda = dev.type == "cuda"
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+    forward = torch.compile(net) if compile_model else net
+    features = torch.compile(net.features) if compile_model and head is not None else net.features
 
     @torch.no_grad()
     def predict(batch: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(batch)
-        if head is not None:
-            return np.asarray(head.predict(net.features(x).numpy()), float)
-        return net.to_prediction(net(x)).numpy()[:, 0]
+        if cuda:
+            x = x.pin_memory().to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            if head is not None:
+                return np.asarray(head.predict(features(x).float().cpu().numpy()), float)
+            return net.to_prediction(forward(x).float()).cpu().numpy()[:, 0]
 
     return predict
 
@@ -377,6 +394,7 @@ def map_scene(net: GeoNet, head: Any, earth: Any, in_px: int, band_name: str, ou
         tif = predict_map(read, grid, scene_predictor(net, head), out_dir / "prediction.tif", chip_px=chip_native,
                           stride_px=min(stride, chip_native), in_px=in_px, batch_size=batch_size,
                           max_nodata_fraction=earth.max_nodata_fraction, band_names=[band_name], target_grid=target)
+        net.cpu()  # the predictor may have moved it to the GPU; callers keep using it on the host
     png = write_quicklook(tif, out_dir / "prediction.png", title=title or f"predicted {band_name}")
     return {"map_tif": tif, "map_png": png}
 
@@ -388,6 +406,7 @@ def offset_reader(read: Callable, col_off: int, row_off: int) -> Callable:
     def shifted(window, out_shape):  # noqa: ANN001, ANN202
         return read(Window(window.col_off + col_off, window.row_off + row_off, window.width, window.height), out_shape)
 
+    shifted.exact_strips = getattr(read, "exact_strips", False)
     return shifted
 
 
@@ -442,6 +461,10 @@ def map_from_bundle(model: str, out_dir: Path, scenes: list[str] | None = None, 
         if probe.count + extra != n_bands:
             raise GeocnnError(f"{earth.scenes[0]}: {probe.count} band(s) + {extra} from layers, but the model expects "
                               f"{n_bands} ({', '.join(pre.get('bands', []))}); give scenes with the same bands")
+        window_px = earth.chip_px or (earth.chip_m / abs(probe.res[0]) if earth.chip_m else int(pre["chip_size"]))
+        if min(probe.width, probe.height) < window_px:
+            raise GeocnnError(f"{earth.scenes[0]}: the scene is {probe.width}x{probe.height} px, smaller than the "
+                              f"model's {window_px:g} px window; map a larger scene (or mosaic several).")
     return map_scene(bundle.net, head, earth, int(pre["chip_size"]), target, out_dir, stride_px, target_grid,
                      batch_size)
 
@@ -557,6 +580,9 @@ def track_earth(run_id: str, cfg: ExperimentConfig, result: EarthResult, paths: 
         out["promotion"] = decision.reason
         out["promoted"] = str(decision.promoted).lower()
     tracking.end_run(run_id)
+    from geocnn.experiment import finish_run
+
+    finish_run(cfg)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +70,22 @@ def setup(cfg: ExperimentConfig) -> str:
     return exp.experiment_id
 
 
-def start_run(cfg: ExperimentConfig, resume_run_id: str | None = None) -> str:
+def start_run(cfg: ExperimentConfig, resume_run_id: str | None = None, resumed_at_epoch: int | None = None) -> str:
     """Create (or reopen, when resuming) the run for this training; log the resolved config as params."""
     experiment_id = setup(cfg)
     client = MlflowClient(mlflow.get_tracking_uri())
     if resume_run_id:
         try:
             run = client.get_run(resume_run_id)
-            client.update_run(resume_run_id, status="RUNNING")
-            client.set_tag(resume_run_id, "geocnn.resumed", "true")
-            return run.info.run_id
         except mlflow.exceptions.MlflowException:
-            pass
+            run = None
+        if run is not None and run.info.lifecycle_stage == "active":
+            client.update_run(resume_run_id, status="RUNNING")
+            count = int(run.data.tags.get("geocnn.resume_count", "0")) + 1
+            for key, value in {"geocnn.resumed": "true", "geocnn.resume_count": str(count),
+                               "geocnn.resumed_at_epoch": str(resumed_at_epoch or 0)}.items():
+                client.set_tag(resume_run_id, key, value)
+            return run.info.run_id
     run = client.create_run(experiment_id, run_name=cfg.name, tags={"geocnn.task": cfg.model.task})
     params = {k: str(v)[:6000] for k, v in flatten(cfg).items()}
     items = list(params.items())
@@ -101,20 +106,31 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
 
 
 class EpochMetrics(L.Callback):
-    """Logs the epoch's train/ and val/ metrics and the learning rate to an MLflow run (step = epoch)."""
+    """Logs the epoch's train/ and val/ metrics and the learning rate to an MLflow run (step = epoch).
+
+    Epochs the run already holds (a resumed run retraining deterministically) are not logged twice.
+    """
 
     def __init__(self, run_id: str, prefix: str = "") -> None:
         self.run_id = run_id
         self.prefix = prefix
+        self.logged_through = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        history = MlflowClient(mlflow.get_tracking_uri()).get_metric_history(self.run_id, self.prefix + "train/loss")
+        self.logged_through = max((m.step for m in history), default=-1)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch <= self.logged_through:
+            return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
         opt = trainer.optimizers[0] if trainer.optimizers else None
         if opt is not None:
             metrics["train/lr"] = max(g["lr"] for g in opt.param_groups)
+        now = int(time.time() * 1000)
         MlflowClient(mlflow.get_tracking_uri()).log_batch(
-            self.run_id, metrics=[mlflow.entities.Metric(self.prefix + k, v, int(__import__("time").time() * 1000),
-                                                         trainer.current_epoch) for k, v in metrics.items()])
+            self.run_id, metrics=[mlflow.entities.Metric(self.prefix + k, v, now, trainer.current_epoch)
+                                  for k, v in metrics.items()])
 
 
 def log_metrics(run_id: str, metrics: dict[str, float]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -34,6 +35,7 @@ class FitResult:
     epochs_run: int
     best_score: float | None
     resumed: bool
+    resumed_at_epoch: int | None = None  # the first epoch trained after resuming (0-based)
 
 
 def net_spec(view: SplitView, cfg: ExperimentConfig) -> NetSpec:
@@ -79,12 +81,27 @@ def write_state(out: Path, **values: object) -> None:
     (out / STATE).write_text(json.dumps(state, indent=2))
 
 
+def config_key(cfg: ExperimentConfig) -> str:
+    """A hash of the resolved config: only a rerun of the same command resumes an interrupted training."""
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_command(cfg: ExperimentConfig) -> bool:
+    """Whether output_dir's state was written by this config (or predates config keys)."""
+    return read_state(cfg.out).get("config") in (None, config_key(cfg))
+
+
 def resume_checkpoint(cfg: ExperimentConfig) -> Path | None:
-    """The last checkpoint of an unfinished training in output_dir, when resuming is on."""
+    """The last checkpoint of an unfinished training of this config in output_dir, when resuming is on."""
     last = cfg.out / "checkpoints" / "last.ckpt"
-    if cfg.train.resume and last.exists() and not read_state(cfg.out).get("complete", False):
+    if cfg.train.resume and last.exists() and not read_state(cfg.out).get("complete", False) and same_command(cfg):
         return last
     return None
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The last completed epoch (0-based) stored in a Lightning checkpoint (memory-mapped, weights not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
 
 
 def fit(view: SplitView, cfg: ExperimentConfig, callbacks: list[L.Callback] | None = None,
@@ -106,16 +123,23 @@ def fit(view: SplitView, cfg: ExperimentConfig, callbacks: list[L.Callback] | No
     device = pick_device(cfg.train.device)
     dm = ChipDataModule(view, spec.task, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.num_workers,
                         seed=cfg.seed, pin_memory=device.type == "cuda")
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)  # batches are made channels-last in the training step
     task = GeoTask(net, cfg.model, cfg.train.optimizer, cfg.augment, cfg.train.epochs, dm.steps_per_epoch(),
                    class_weights(view, cfg), seed=cfg.seed)
+    if cfg.train.compile:
+        task.compile_forward()
     monitor, mode = cfg.train.monitor_metric, cfg.train.monitor_direction
     ckpt_dir = cfg.out / "checkpoints"
+    # Saved at the end of the training epoch, after the epoch's metrics reached MLflow (Lightning runs
+    # checkpoint callbacks last), so a resumed run never misses an epoch in its metric history.
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
-                           save_top_k=1, enable_version_counter=False)
+                           save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
     cbs: list[L.Callback] = [best, *(callbacks or [])]
     if cfg.train.early_stopping_patience:
         cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.early_stopping_patience))
     resume = resume_checkpoint(cfg)
+    resumed_at = checkpoint_epoch(resume) + 1 if resume else None
     if resume is None and ckpt_dir.exists():
         for old in ckpt_dir.glob("*.ckpt"):
             old.unlink()
@@ -127,7 +151,7 @@ def fit(view: SplitView, cfg: ExperimentConfig, callbacks: list[L.Callback] | No
         callbacks=cbs, logger=False, enable_model_summary=False, enable_progress_bar=progress,
         num_sanity_val_steps=0, default_root_dir=str(cfg.out), deterministic=False,
         limit_train_batches=cfg.train.limit_train_batches, log_every_n_steps=1)
-    write_state(cfg.out, complete=False)
+    write_state(cfg.out, complete=False, config=config_key(cfg))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
@@ -139,4 +163,4 @@ def fit(view: SplitView, cfg: ExperimentConfig, callbacks: list[L.Callback] | No
     score = float(best.best_model_score) if best.best_model_score is not None else None
     write_state(cfg.out, complete=True, best_epoch_score=score)
     return FitResult(net=net.cpu(), best_checkpoint=best_path, epochs_run=trainer.current_epoch, best_score=score,
-                     resumed=resume is not None)
+                     resumed=resume is not None, resumed_at_epoch=resumed_at)

@@ -67,13 +67,19 @@ class Outcome:
     error: str = ""
 
 
-def discover(input_dir: Path, patterns: tuple[str, ...] | list[str], min_age_s: float = 0.0) -> list[Item]:
-    """Files under ``input_dir`` matching ``patterns`` (case-insensitive), skipping hidden ones and files modified
-    in the last ``min_age_s`` seconds (still being copied), sorted by path."""
+def check_folder(input_dir: str | Path) -> Path:
+    """The watch folder, or a clear error when it is missing."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise GeocnnError(f"watch folder {input_dir} does not exist; create it (files dropped there are predicted) "
-                          "or set schedule.input_dir")
+                          "or set schedule.input_dir / --input")
+    return input_dir
+
+
+def discover(input_dir: Path, patterns: tuple[str, ...] | list[str], min_age_s: float = 0.0) -> list[Item]:
+    """Files under ``input_dir`` matching ``patterns`` (case-insensitive), skipping hidden ones and files modified
+    in the last ``min_age_s`` seconds (still being copied), sorted by path."""
+    input_dir = check_folder(input_dir)
     now = time.time()
     found = []
     for root, dirs, files in os.walk(input_dir):

@@ -51,7 +51,7 @@ def galaxy_flow(config: str | None = None, overrides: list[str] | None = None,
     except BaseException:
         experiment.fail_run(run_id)
         raise
-    summary = experiment.summary(cfg, evaluation, paths, run_id, tracked)
+    summary = experiment.summary(cfg, evaluation, paths, run_id, tracked, result)
     publish("galaxy-test-metrics", metrics_markdown(cfg, summary) + processed_markdown(store, summary),
             summary["metrics"], f"{cfg.name}: test metrics, MLflow run, registry")
     return summary

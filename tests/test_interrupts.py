@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import rasterio
 
 from tests.conftest import write_rgb
@@ -92,3 +93,82 @@ def test_sigkill_during_map_export_leaves_no_map_and_the_rerun_equals_a_clean_ex
         np.testing.assert_array_equal(a.read(), b.read())
         assert a.transform == b.transform and a.crs == b.crs
     assert sorted(p.name for p in out.iterdir()) == ["prediction.png", "prediction.tif"]  # nothing partial left
+
+
+def test_sigkill_mid_epoch_then_the_same_command_resumes_and_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Two runs of `geocnn train` with the same seed: one killed mid-epoch and run again, one never stopped."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from geocnn.synthetic import make_galaxies
+    from geocnn.train import checkpoint_epoch, read_state
+
+    catalog = make_galaxies(tmp_path / "syn", 300, 64, seed=3)
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(
+        f"name: resume\nseed: 11\ndata:\n  format: csv\n  catalog: {catalog}\n  targets: [morphology]\n"
+        f"  crop: 64\n  chip_size: 64\n  store_root: {tmp_path / 'stores'}\nsplit:\n  method: stratified\n"
+        "model:\n  backbone: resnet18\n  task: classification\n  dropout: 0.2\n"
+        "train:\n  epochs: 3\n  batch_size: 16\n  num_threads: 1\n  optimizer:\n    lr: 0.003\n"
+        "augment:\n  tta_views: 2\ntracking:\n  register_model: false\n")
+    cmd = [sys.executable, "-m", "geocnn.cli", "train", str(cfg), "--set"]
+    from geocnn.config import load_config
+    from geocnn.tracking import setup
+
+    experiment = setup(load_config(cfg))  # the MLflow store and experiment exist before two processes share them
+    killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"
+    clean = subprocess.Popen([*cmd, f"output_dir={clean_out}", "--set", f"data.store_root={tmp_path / 'stores2'}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = (tmp_path / "killed.log").open("w")
+    proc = subprocess.Popen([*cmd, f"output_dir={killed_out}"], stdout=log, stderr=subprocess.STDOUT)
+    last = killed_out / "checkpoints" / "last.ckpt"
+
+    def into_second_epoch() -> Path | None:
+        if not last.exists():
+            return None
+        time.sleep(0.5)  # epoch 0 is checkpointed; epoch 1 (several seconds of steps) is under way
+        return last
+
+    try:
+        kill_when(proc, into_second_epoch, timeout=300)
+    finally:
+        log.close()
+        print((tmp_path / "killed.log").read_text()[-3000:])
+    assert checkpoint_epoch(last) == 0, "the kill came after epoch 1 had finished, not during it"
+    state = read_state(killed_out)
+    assert state["complete"] is False and state["run_finished"] is False
+    client = MlflowClient(mlflow.get_tracking_uri())
+    assert client.get_run(state["run_id"]).info.status == "RUNNING"  # SIGKILL left it open
+
+    rerun = subprocess.run([*cmd, f"output_dir={killed_out}"], capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resumed an interrupted training from its last checkpoint at epoch 1" in rerun.stdout
+    stdout, stderr = clean.communicate(timeout=600)
+    assert clean.returncode == 0, stderr[-3000:]
+
+    # The same final metrics and predictions as the run that never stopped (same seed, same batches).
+    got = json.loads((killed_out / "metrics.json").read_text())
+    want = json.loads((clean_out / "metrics.json").read_text())
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-5), key
+    pd.testing.assert_frame_equal(pd.read_parquet(killed_out / "predictions.parquet"),
+                                  pd.read_parquet(clean_out / "predictions.parquet"), atol=1e-5)
+
+    # MLflow: one run, resumed, finished, every epoch logged exactly once with the uninterrupted run's values.
+    runs = client.search_runs([experiment])
+    assert len(runs) == 2  # the resumed run and the uninterrupted one, no orphan
+    resumed = client.get_run(state["run_id"])
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags["geocnn.resumed"] == "true" and resumed.data.tags["geocnn.resume_count"] == "1"
+    assert resumed.data.tags["geocnn.resumed_at_epoch"] == "1"
+    other = next(r for r in runs if r.info.run_id != state["run_id"])
+    assert "geocnn.resumed" not in other.data.tags
+    for name in ("val/loss", "train/loss"):
+        a = sorted((m.step, m.value) for m in client.get_metric_history(state["run_id"], name))
+        b = sorted((m.step, m.value) for m in client.get_metric_history(other.info.run_id, name))
+        assert [s for s, _ in a] == [0, 1, 2] == [s for s, _ in b]
+        np.testing.assert_allclose([v for _, v in a], [v for _, v in b], atol=1e-5)
+    assert read_state(killed_out)["run_finished"] is True

@@ -74,9 +74,16 @@ class GeoTask(L.LightningModule):
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.empty(0),
                              persistent=False)
         self.tree = net.spec.decision_tree() if net.spec.task in ("vote_fractions", "vote_counts") else None
-        self._gen = torch.Generator().manual_seed(seed + 17)
+        self.seed = seed
+        self._step_seed = seed * 1_000_003
+        self._gen: torch.Generator | None = None  # on the batches' device, made at the first step
+        self._forward = net.forward_normalised  # torch.compile'd by compile_forward(); weights stay shared
         self._val_out: list[torch.Tensor] = []
         self._val_y: list[torch.Tensor] = []
+
+    def compile_forward(self) -> None:
+        """Compile the training forward with torch.compile (the state dict keeps its plain names)."""
+        self._forward = torch.compile(self.net.forward_normalised)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The configured loss of head outputs against targets."""
@@ -92,10 +99,21 @@ class GeoTask(L.LightningModule):
             return F.huber_loss(out, y)
         return F.mse_loss(out, y)
 
+    def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
+        # Augmentation and dropout draw from generators seeded by (seed, optimiser step): a training resumed
+        # from a checkpoint continues exactly as one that never stopped.
+        self._step_seed = self.seed * 1_000_003 + self.trainer.global_step
+        torch.manual_seed(self._step_seed)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self._gen is None or self._gen.device != x.device:
+            self._gen = torch.Generator(device=x.device)
+        self._gen.manual_seed(self._step_seed + 17)
         x = augment_batch(self.net.normalise(x), self.augment_cfg, self._gen)
-        loss = self.loss(self.net.forward_normalised(x), y)
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = self.loss(self._forward(x), y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return loss
 

@@ -147,6 +147,10 @@ def prepare_targets(catalog: Catalog, task: str) -> Catalog:
         raise
     for col in catalog.targets:
         frame[col] = pd.to_numeric(frame[col]).astype("float64")
+        if task == "regression" and len(frame) > 1 and frame[col].nunique() == 1:
+            raise GeocnnError(f"{source}: column '{col}' is constant ({frame[col].iloc[0]:g} in all {len(frame)} "
+                              "rows); there is nothing to learn. Check the column, or choose another target in "
+                              "data.targets.")
     return Catalog(frame=frame, targets=list(catalog.targets), source=source, classes=[])
 
 
@@ -639,7 +643,8 @@ def _resolve_images(ids: pd.Series, files: pd.Series | None, file_column: str | 
                 f"{source}: row {i + 2} (id {sample_id!r}): the image path {str(value or found)!r} resolves to "
                 f"{os.path.realpath(found)}, outside the data root ({', '.join(str(b) for b in bases)}). Catalog "
                 "paths may not leave the image folder or the catalog's folder: move the images there, point "
-                "data.images at their folder, or set data.allow_outside_root: true if this is intended.")
+                "data.images at their folder, or set data.allow_outside_root: true (geocnn predict: "
+                "--allow-outside-root) if this is intended.")
         out.append(os.path.abspath(found))
     if missing:
         i, detail = missing[0]

@@ -483,7 +483,8 @@ def _pick_band(available: list[tuple[Any, int, str]], band: str | int, paths: li
     names = [n for _, _, n in available]
     where = paths[0] if len(paths) == 1 else paths
     raise GeocnnError(f"{where}: band {band!r} not found. Available bands: {names} (or 1-based indices "
-                      f"1..{len(names)}). Fix the configured bands.")
+                      f"1..{len(names)}). Fix the configured bands (earth.bands, or the band list given to this "
+                      "scene).")
 
 
 def _group_members(chosen: list[tuple[Any, int, str]]) -> list[tuple[Any, list[int]]]:

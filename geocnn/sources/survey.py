@@ -70,6 +70,9 @@ def read_survey(path: str | Path, lat_column: str = "lat", lon_column: str = "lo
     _check_coordinates(out, source, lat_column, lon_column, row)
     for target in targets:
         out[target] = _numbers(raw[target], source, target, row)
+        if len(out) > 1 and out[target].nunique() == 1:
+            raise GeocnnError(f"{source}: column '{target}' is constant ({out[target].iloc[0]:g} at all {len(out)} "
+                              "points); there is nothing to learn. Check the column, or choose another data.targets.")
     if group_column:
         out[GROUP] = _texts(raw[group_column], source, group_column, row)
     if urban_column:

@@ -1,0 +1,161 @@
+"""Whole-scene prediction: sliding windows streamed through the model in batches vs a plain per-window loop.
+
+Prints pixels per second of (a) the model alone on one in-memory batch repeated, (b) geocnn's map pipeline
+(read strips -> batches -> model -> averaged cells -> tiled GeoTIFF -> COG) over a generated scene, and (c) a
+plain loop that reads each window with rasterio and predicts it alone; the ratios (b)/(a) and (b)/(c); and the
+peak memory of (b) on the scene and on one 4 times larger (2x per side).
+
+    python benchmarks/scene_map.py                      # 10000 x 10000 x 3, CPU
+    python benchmarks/scene_map.py --device cuda --batch 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import child_peak_rss, device_sync, machine, row  # noqa: E402
+from geocnn.models.network import GeoNet, NetSpec  # noqa: E402
+from geocnn.predict import pick_device  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "_data"
+
+
+def make_scene(size: int, path: Path) -> Path:
+    """A size x size x 3 uint8 tiled DEFLATE GeoTIFF (smooth fields plus texture), written strip by strip."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32631",
+                   transform=rasterio.transform.from_origin(500_000, 9_000_000, 30, 30), tiled=True,
+                   blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+    tmp = path.with_suffix(".part.tif")
+    x = np.linspace(0, 12 * np.pi, size, dtype=np.float32)
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for r0 in range(0, size, 1024):
+            h = min(1024, size - r0)
+            y = np.linspace(r0, r0 + h, h, dtype=np.float32)[:, None] * (12 * np.pi / size)
+            base = 100 + 60 * np.sin(x[None, :]) * np.cos(y)
+            for b in range(3):
+                band = base + 20 * b + rng.integers(0, 24, (h, size))
+                dst.write(np.clip(band, 0, 255).astype(np.uint8), b + 1, window=Window(0, r0, size, h))
+    tmp.rename(path)
+    return path
+
+
+def build_net(backbone: str) -> GeoNet:
+    spec = NetSpec(backbone=backbone, in_chans=3, task="regression", targets=["wealth"], mean=[120.0] * 3,
+                   std=[40.0] * 3)
+    torch.manual_seed(0)
+    return GeoNet(spec, weights="random").eval()
+
+
+def pipeline(args: argparse.Namespace) -> None:
+    """Child process: the map pipeline over one scene; prints JSON with seconds, windows and peak RSS."""
+    from geocnn.maps import predict_map, raster_reader
+    from geocnn.poverty import scene_predictor
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    net = build_net(args.backbone)
+    predict = scene_predictor(net, None, args.device, compile_model=args.compile)
+    with tempfile.TemporaryDirectory() as tmp, raster_reader(args.raster) as (read, grid):
+        start = time.perf_counter()
+        predict_map(read, grid, predict, Path(tmp) / "map.tif", chip_px=args.chip, stride_px=args.chip,
+                    batch_size=args.batch)
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "pixels": grid.width * grid.height, "peak_mib": peak}))
+
+
+def model_only(net: GeoNet, device: torch.device, chip: int, batch: int, seconds: float = 15.0) -> float:
+    """Windows per second of the model on one in-memory batch, repeated (the same predictor as the pipeline)."""
+    from geocnn.poverty import scene_predictor
+
+    predict = scene_predictor(net, None, str(device))
+    x = np.random.default_rng(0).integers(0, 255, (batch, 3, chip, chip)).astype(np.float32)
+    predict(x)  # warm-up
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        predict(x)
+        n += batch
+    return n / (time.perf_counter() - start)
+
+
+def naive(net: GeoNet, device: torch.device, raster: Path, chip: int, n_windows: int) -> float:
+    """Windows per second of a plain loop: rasterio-read each window, predict it alone."""
+    sync = device_sync(device)
+    net = net.to(device)
+    with rasterio.open(raster) as src, torch.no_grad():
+        per_row = src.width // chip
+        start = time.perf_counter()
+        for i in range(n_windows):
+            r, c = divmod(i, per_row)
+            x = src.read(window=Window(c * chip, r * chip, chip, chip)).astype(np.float32)
+            net.to_prediction(net(torch.from_numpy(x)[None].to(device))).cpu()
+        sync()
+        return n_windows / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=10000, help="scene side in pixels (the 4x run uses 2x this)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backbone", default="resnet10t")
+    p.add_argument("--chip", type=int, default=32)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--naive-windows", type=int, default=3000)
+    p.add_argument("--no-grow", action="store_true", help="skip the 4x scene (memory check)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--raster", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.device = str(pick_device(args.device))
+    if args.child:
+        return pipeline(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"machine: {machine(args.device)}")
+    sizes = [args.size] if args.no_grow else [args.size, 2 * args.size]
+    scenes = [make_scene(s, DATA / f"scene_{s}.tif") for s in sizes]
+    net = build_net(args.backbone)
+    model_wps = model_only(net, device, args.chip, args.batch)
+    naive_wps = naive(build_net(args.backbone), device, scenes[0], args.chip, args.naive_windows)
+    px = args.chip * args.chip
+    child = [__file__, "--child", "--device", args.device, "--backbone", args.backbone, "--chip", str(args.chip),
+             "--batch", str(args.batch), "--threads", str(args.threads)] + (["--compile"] if args.compile else [])
+    runs = [child_peak_rss([*child, "--raster", str(s)])[0] for s in scenes]
+    print(f"\n{args.backbone}, {args.chip} px windows (stride {args.chip}), batch {args.batch}, {args.device}\n")
+    print(row("measure", "pixels/s", "ratio"))
+    print(row("---", "---:", "---:"))
+    print(row("model only (one in-memory batch repeated)", f"{model_wps * px:,.0f}", "1.00"))
+    for s, r in zip(sizes, runs):
+        pps = r["pixels"] / r["seconds"]
+        print(row(f"geocnn map pipeline, {s} x {s} x 3 ({r['seconds']:.0f} s, peak {r['peak_mib']:.0f} MiB)",
+                  f"{pps:,.0f}", f"{pps / (model_wps * px):.2f}"))
+    pps0 = runs[0]["pixels"] / runs[0]["seconds"]
+    print(row(f"plain loop: rasterio read + predict per window ({args.naive_windows} windows)",
+              f"{naive_wps * px:,.0f}", f"{naive_wps * px / (model_wps * px):.2f}"))
+    print(f"\npipeline / model only: {pps0 / (model_wps * px):.2f} (target >= 0.85)")
+    print(f"pipeline / plain loop: {pps0 / (naive_wps * px):.1f}x")
+    if len(runs) > 1:
+        print(f"peak memory, 4x the pixels / 1x: {runs[1]['peak_mib']:.0f} / {runs[0]['peak_mib']:.0f} MiB = "
+              f"{runs[1]['peak_mib'] / runs[0]['peak_mib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
