@@ -1,11 +1,10 @@
-"""Shared helpers of the benchmarks: machine description, timing, peak memory of a child process."""
+"""Shared helpers of the benchmarks: machine description, timing, child processes, peak memory."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -28,27 +27,23 @@ def machine(device: str) -> str:
             f"{date.today().isoformat()}")
 
 
-def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> float:
-    """Wall seconds of ``fn()`` (``sync`` waits for queued GPU work before the clock stops)."""
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
-
-
 def device_sync(device: torch.device) -> Callable[[], None]:
     """A function that waits for the device (no-op on CPU)."""
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def child_peak_rss(argv: list[str]) -> tuple[dict, float]:
-    """Run ``python argv`` and return (its JSON stdout, its peak resident memory in MiB)."""
+def run_child(argv: list[str]) -> dict:
+    """Run ``python argv`` and return the JSON object on its last line of output."""
     proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"child {argv} failed:\n{proc.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far (KiB -> MiB)
-    return json.loads(proc.stdout.strip().splitlines()[-1]), peak
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB (VmHWM: of this address space only, not inherited at fork)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
 def row(*cells: object) -> str:

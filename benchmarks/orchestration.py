@@ -8,7 +8,7 @@ Each is run twice, alternating; the best of two is compared. Prefect's temporary
 process (about 10 s); that one-time start is reported separately (a served deployment or `PREFECT_API_URL`
 does not pay it per run).
 
-    python benchmarks/orchestration.py [--epochs 6]
+    python benchmarks/orchestration.py [--epochs 12] [--n 800]
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from benchmarks.common import machine, row  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--n", type=int, default=600, help="synthetic galaxies")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--n", type=int, default=800, help="synthetic galaxies")
+    p.add_argument("--device", default="auto", help="train.device: auto, cpu or cuda")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp())
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -39,11 +40,14 @@ def main() -> None:
     from geocnn.experiment import ingest, run_experiment
     from geocnn.synthetic import make_galaxies
 
-    print(f"machine: {machine('cpu')}")
+    from geocnn.predict import pick_device
+
+    print(f"machine: {machine(str(pick_device(args.device)))}")
     catalog = make_galaxies(tmp / "syn", args.n, 64, seed=0)
     base = [f"data.catalog={catalog}", "data.format=csv", "data.targets=[morphology]", "data.crop=64",
             "data.chip_size=64", f"data.store_root={tmp / 'stores'}", "model.backbone=resnet18",
-            f"train.epochs={args.epochs}", "train.batch_size=32", "augment.tta_views=2", "name=bench"]
+            f"train.epochs={args.epochs}", "train.batch_size=32", "augment.tta_views=2", "name=bench",
+            f"train.device={args.device}"]
     ingest(load_config(overrides=base), progress=False)  # both runs reuse this store
 
     start = time.perf_counter()

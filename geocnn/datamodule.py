@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -59,6 +60,13 @@ class EpochShuffledBatches(Sampler[list[int]]):
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             yield order[start:start + self.batch_size].tolist()
+
+
+def resolve_workers(setting: int | str, device: torch.device) -> int:
+    """DataLoader workers for ``train.num_workers``: ``auto`` is 0 on CPU and min(4, cores - 1) on CUDA."""
+    if setting != "auto":
+        return int(setting)
+    return min(4, max((os.cpu_count() or 1) - 1, 0)) if device.type == "cuda" else 0
 
 
 class ChipDataModule(L.LightningDataModule):

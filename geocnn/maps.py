@@ -7,6 +7,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ __all__ = ["BLOCK_PX", "QUICKLOOK_MAX_PX", "Grid", "predict_map", "raster_reader
 
 BLOCK_PX = 256
 """Tile size (pixels, square) of every written map; also the unit of block-by-block writing."""
+GDAL_CACHE_BYTES = 128 * 2**20
+"""GDAL block cache while a map is made: enough for a strip of input tiles; GDAL's default (5 % of RAM) grows
+with the map being written, so peak memory would grow with the scene."""
 QUICKLOOK_MAX_PX = 1024
 """``write_quicklook`` reads the raster decimated to at most this many pixels on its longer side."""
 
@@ -86,21 +90,23 @@ def raster_reader(path: str | Path, bands: Sequence[int] | None = None,
     """Open a scene and yield ``(read, grid)`` for :func:`predict_map`: boundless windowed reads, NaN nodata.
 
     ``bands`` are 1-based band indexes (default all); ``resampling`` is used when ``out_shape`` differs from
-    the window size.
+    the window size. Reads go through the same :class:`~geocnn.sources.raster.Scene` as ``geocnn map``: plain
+    windowed reads inside the raster, padded at its edges.
     """
+    from geocnn.sources.raster import open_scene
+
     with _open(path) as src:
-        indexes = list(bands) if bands is not None else list(range(1, src.count + 1))
-        bad = [b for b in indexes if not 1 <= b <= src.count]
-        if bad:
-            raise GeocnnError(f"{path}: band(s) {bad} out of range; the raster has bands 1..{src.count}")
+        count = src.count
+    bad = [b for b in (bands or []) if not 1 <= b <= count]
+    if bad:
+        raise GeocnnError(f"{path}: band(s) {bad} out of range; the raster has bands 1..{count}")
+    with open_scene(path, list(bands) if bands is not None else None, allow_no_crs=True) as scene:
 
         def read(window: Window, out_shape: tuple[int, int]) -> np.ndarray:
-            data = src.read(indexes, window=window, out_shape=(len(indexes), *out_shape), boundless=True,
-                            masked=True, resampling=resampling)
-            return data.astype(np.float32).filled(np.nan)
+            return scene.read(window, out_shape, resampling)
 
         read.exact_strips = True  # type: ignore[attr-defined]  # plain windowed reads: a strip = its windows
-        yield read, Grid(crs=src.crs, transform=src.transform, width=src.width, height=src.height)
+        yield read, Grid(crs=scene.crs, transform=scene.transform, width=scene.width, height=scene.height)
 
 
 # ----------------------------------------------------------------------------------------- window layout
@@ -142,6 +148,10 @@ class _CellAccumulator:
     """Per-stride-cell sum and count of the window predictions that cover each cell."""
 
     def __init__(self, grid: Grid, chip: int, stride: int, n_out: int) -> None:
+        self.grid = grid
+        # Output blocks (BLOCK_PX tiles) holding a nodata input pixel; None when the reader could not tell.
+        self.nodata_blocks: np.ndarray | None = np.zeros((-(-grid.height // BLOCK_PX), -(-grid.width // BLOCK_PX)),
+                                                         bool)
         self.rows = _cell_centres(grid.height, stride)
         self.cols = _cell_centres(grid.width, stride)
         self.chip = chip
@@ -149,15 +159,32 @@ class _CellAccumulator:
         self.sums = np.zeros((n_out, len(self.rows), len(self.cols)), np.float64)
         self.counts = np.zeros((n_out, len(self.rows), len(self.cols)), np.int32)
 
-    def add(self, windows: list[Window], preds: np.ndarray) -> None:
-        """Add (B, K) predictions of ``windows`` to every cell each window covers (non-finite values skipped)."""
+    def add(self, origins: list[tuple[int, int]], preds: np.ndarray) -> None:
+        """Add (B, K) predictions of the windows at ``origins`` (row, col) to every cell each covers (non-finite
+        values skipped)."""
         finite = np.isfinite(preds)
-        values = np.where(finite, preds, 0.0)
-        for win, value, ok in zip(windows, values, finite, strict=True):
-            rs = _covered(self.rows, int(win.row_off), self.chip)
-            cs = _covered(self.cols, int(win.col_off), self.chip)
-            self.sums[:, rs, cs] += value[:, None, None]
-            self.counts[:, rs, cs] += ok[:, None, None]
+        values = np.where(finite, preds, 0.0).T  # (K, B)
+        ok = finite.T.astype(np.int32)
+        r0, c0 = np.asarray(origins, dtype=np.int64).reshape(-1, 2).T
+        r_lo, r_hi = np.searchsorted(self.rows, r0, "left"), np.searchsorted(self.rows, r0 + self.chip, "left")
+        c_lo, c_hi = np.searchsorted(self.cols, c0, "left"), np.searchsorted(self.cols, c0 + self.chip, "left")
+        # Every window covers a run of cell rows and columns; add the batch offset by offset (vectorised).
+        for dr in range(int((r_hi - r_lo).max(initial=0))):
+            for dc in range(int((c_hi - c_lo).max(initial=0))):
+                m = (r_lo + dr < r_hi) & (c_lo + dc < c_hi)
+                if m.any():
+                    rr, cc = r_lo[m] + dr, c_lo[m] + dc
+                    np.add.at(self.sums, (slice(None), rr, cc), values[:, m])
+                    np.add.at(self.counts, (slice(None), rr, cc), ok[:, m])
+
+    def mark_nodata(self, row0: int, nan: np.ndarray) -> None:
+        """Flag the output blocks where the (h, w) strip starting at scene row ``row0`` has nodata pixels."""
+        if self.nodata_blocks is None or not nan.any():
+            return
+        r, c = np.nonzero(nan)
+        r = r + row0
+        inside = (r < self.grid.height) & (c < self.grid.width)  # boundless padding is not the scene's nodata
+        self.nodata_blocks[r[inside] // BLOCK_PX, c[inside] // BLOCK_PX] = True
 
     def means(self) -> np.ndarray:
         """(K, cell rows, cell cols) float32 average prediction, NaN where no window predicted."""
@@ -194,7 +221,8 @@ def _accumulate(read: Reader, grid: Grid, predict: Predictor, chip: int, stride:
                 batch_size: int, max_nodata: float, band_names: Sequence[str], progress: bool) -> _CellAccumulator:
     """Slide windows strip by strip, batch the usable ones through ``predict``, and average into cells."""
     acc = _CellAccumulator(grid, chip, stride, len(band_names))
-    pending: list[tuple[Window, np.ndarray]] = []
+    pending: list[tuple[tuple[int, int], np.ndarray]] = []  # (row, col) origin, chip
+    n_used = 0
 
     def flush() -> None:
         batch = np.stack([x for _, x in pending])
@@ -202,31 +230,48 @@ def _accumulate(read: Reader, grid: Grid, predict: Predictor, chip: int, stride:
         pending.clear()
 
     bands = None
-    n_used = 0
     col_origins = _origins(grid.width, chip, stride)
     # A reader marked exact_strips returns the same pixels for one strip as for its windows read one by one:
-    # then each row of windows is one read (at native resolution), sliced, instead of one read per window.
+    # then each row of windows is one read (at native resolution), cut into windows with array views.
     strips = bool(getattr(read, "exact_strips", False)) and in_px == chip
     strip_w = int(col_origins[-1]) + chip
-    for row in tqdm(_origins(grid.height, chip, stride), desc="map strips", unit="strip", disable=not progress):
-        if strips:
-            strip = _read_checked(read, Window(0, int(row), strip_w, chip), (chip, strip_w), bands)
-            strip_nan = np.isnan(strip).any(axis=0)
-        for col in col_origins:
-            window = Window(int(col), int(row), chip, chip)
-            if strips:
-                chip_data = strip[:, :, int(col):int(col) + chip]
-                nodata = float(strip_nan[:, int(col):int(col) + chip].mean())
-            else:
-                chip_data = _read_checked(read, window, (in_px, in_px), bands)
+    row_origins = _origins(grid.height, chip, stride)
+    if not strips:
+        acc.nodata_blocks = None  # resampled windows: the nodata mask is re-read when the map is written
+        for row in tqdm(row_origins, desc="map strips", unit="strip", disable=not progress):
+            for col in col_origins:
+                chip_data = _read_checked(read, Window(int(col), int(row), chip, chip), (in_px, in_px), bands)
+                bands = chip_data.shape[0]
                 nodata = float(np.isnan(chip_data).any(axis=0).mean())
-            bands = chip_data.shape[0]
-            if nodata >= 1.0 or nodata > max_nodata:
-                continue
-            pending.append((window, chip_data))
-            n_used += 1
-            if len(pending) == batch_size:
-                flush()
+                if nodata >= 1.0 or nodata > max_nodata:
+                    continue
+                pending.append(((int(row), int(col)), chip_data))
+                n_used += 1
+                if len(pending) == batch_size:
+                    flush()
+    else:
+        def read_strip(row: int) -> np.ndarray:
+            return _read_checked(read, Window(0, int(row), strip_w, chip), (chip, strip_w), bands)
+
+        # Strips are read one ahead in a thread (GDAL decodes without the GIL) while the model predicts.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(read_strip, row_origins[0])
+            for i, row in enumerate(tqdm(row_origins, desc="map strips", unit="strip", disable=not progress)):
+                strip = ahead.result()
+                if i + 1 < len(row_origins):
+                    ahead = pool.submit(read_strip, row_origins[i + 1])
+                strip_nan = np.isnan(strip).any(axis=0)
+                acc.mark_nodata(int(row), strip_nan)
+                # nodata fraction of every window of the strip at once (column sums, then window sums)
+                col_sums = np.concatenate([[0], np.cumsum(strip_nan.sum(axis=0))])
+                fractions = (col_sums[col_origins + chip] - col_sums[col_origins]) / (chip * chip)
+                keep = col_origins[(fractions < 1.0) & (fractions <= max_nodata)]
+                views = np.lib.stride_tricks.sliding_window_view(strip, chip, axis=2)  # (C, chip, W - chip + 1, chip)
+                for col in keep:
+                    pending.append(((int(row), int(col)), views[:, :, int(col), :]))
+                    if len(pending) == batch_size:
+                        flush()
+                n_used += len(keep)
     if pending:
         flush()
     if n_used == 0:
@@ -236,21 +281,29 @@ def _accumulate(read: Reader, grid: Grid, predict: Predictor, chip: int, stride:
 
 
 # -------------------------------------------------------------------------------------------- writing
-def _profile(grid: Grid, count: int) -> dict[str, Any]:
-    """Tiled, DEFLATE (predictor 3) float32 GeoTIFF profile with NaN nodata."""
+def _stage_profile(grid: Grid, count: int) -> dict[str, Any]:
+    """Tiled float32 GeoTIFF profile with NaN nodata for the temporary stage that the COG is copied from.
+
+    ZSTD level 1: a quarter of DEFLATE's time, and the stage is read once and deleted (the COG is DEFLATE).
+    """
     return dict(driver="GTiff", width=grid.width, height=grid.height, count=count, dtype="float32",
                 crs=grid.crs, transform=grid.transform, nodata=np.nan, tiled=True, blockxsize=BLOCK_PX,
-                blockysize=BLOCK_PX, compress="deflate", predictor=3, BIGTIFF="IF_SAFER")
+                blockysize=BLOCK_PX, compress="zstd", zstd_level=1, BIGTIFF="IF_SAFER", num_threads="ALL_CPUS")
 
 
-def _write_scene_blocks(dst: rasterio.io.DatasetWriter, cells: np.ndarray, read: Reader, stride: int) -> None:
-    """Fill the scene-grid output block by block: each pixel its stride cell's value, NaN where input is NaN."""
-    for _, win in dst.block_windows(1):
+def _write_scene_blocks(dst: rasterio.io.DatasetWriter, cells: np.ndarray, read: Reader, stride: int,
+                        nodata_blocks: np.ndarray | None) -> None:
+    """Fill the scene-grid output block by block: each pixel its stride cell's value, NaN where input is NaN.
+
+    The input is re-read only for blocks flagged in ``nodata_blocks`` (all of them when it is None).
+    """
+    for (bi, bj), win in dst.block_windows(1):
         rows = np.arange(win.row_off, win.row_off + win.height) // stride
         cols = np.arange(win.col_off, win.col_off + win.width) // stride
         values = cells[:, rows[:, None], cols[None, :]]
-        nodata = np.isnan(_read_checked(read, win, (win.height, win.width), None)).any(axis=0)
-        values[:, nodata] = np.nan
+        if nodata_blocks is None or nodata_blocks[bi, bj]:
+            nodata = np.isnan(_read_checked(read, win, (win.height, win.width), None)).any(axis=0)
+            values[:, nodata] = np.nan
         dst.write(values, window=win)
 
 
@@ -269,7 +322,7 @@ def _write_target_blocks(dst: rasterio.io.DatasetWriter, cells: np.ndarray, grid
 def _to_cog(stage: Path, out: Path) -> None:
     """Copy a tiled GeoTIFF to a Cloud Optimized GeoTIFF (DEFLATE, predictor 3, 256 px tiles, overviews)."""
     rasterio.shutil.copy(stage, out, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=str(BLOCK_PX),
-                         RESAMPLING="AVERAGE", OVERVIEWS="AUTO", BIGTIFF="IF_SAFER")
+                         RESAMPLING="AVERAGE", OVERVIEWS="AUTO", BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
 
 
 def predict_map(read: Reader, grid: Grid, predict: Predictor, out_path: str | Path, chip_px: int, stride_px: int,
@@ -283,7 +336,8 @@ def predict_map(read: Reader, grid: Grid, predict: Predictor, out_path: str | Pa
     fraction (pixels NaN in any band) exceeds ``max_nodata_fraction``, or that are all nodata, are skipped. The
     prediction of a window is added to every stride cell whose centre lies inside it; a cell's value is the
     mean over those windows (NaN if none). Windows are read strip by strip and predicted ``batch_size`` at a
-    time, so memory holds one batch plus the per-cell accumulators, never the full-resolution scene.
+    time, so memory holds one batch plus the per-cell accumulators, never the full-resolution scene (and
+    GDAL's block cache is capped at ``GDAL_CACHE_BYTES``): peak memory does not grow with the scene.
 
     Output: K bands (``band_names``), NaN nodata, 256 px tiles, DEFLATE + predictor 3, with overviews. With
     ``target_grid`` None it is on the scene grid (each pixel its cell's value, NaN where the input is nodata,
@@ -292,17 +346,18 @@ def predict_map(read: Reader, grid: Grid, predict: Predictor, out_path: str | Pa
     in_px = chip_px if in_px is None else in_px
     _check_args(grid, chip_px, stride_px, in_px, batch_size, max_nodata_fraction, band_names)
     out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
+    # GDAL_CACHEMAX in bytes (rasterio hands it to GDALSetCacheMax64); overviews computed on every core
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS"), atomic_path(out_path) as tmp:
         stage = tmp.with_name(tmp.name + ".stage.tif")
         try:
             acc = _accumulate(read, grid, predict, chip_px, stride_px, in_px, batch_size, max_nodata_fraction,
                               band_names, progress)
             cells = acc.means()
             out_grid = grid if target_grid is None else target_grid
-            with rasterio.open(stage, "w", **_profile(out_grid, len(band_names))) as dst:
+            with rasterio.open(stage, "w", **_stage_profile(out_grid, len(band_names))) as dst:
                 dst.descriptions = tuple(band_names)
                 if target_grid is None:
-                    _write_scene_blocks(dst, cells, read, stride_px)
+                    _write_scene_blocks(dst, cells, read, stride_px, acc.nodata_blocks)
                 else:
                     _write_target_blocks(dst, cells, grid, stride_px, target_grid)
             _to_cog(stage, tmp)

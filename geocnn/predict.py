@@ -45,11 +45,14 @@ def predict_chips(net: GeoNet, chips: np.ndarray, rows: np.ndarray | None = None
     if dev.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     rows = np.arange(len(chips)) if rows is None else np.asarray(rows)
+    cuda = dev.type == "cuda"
     out = []
     for start in tqdm(range(0, len(rows), batch_size), desc="predict", disable=not progress):
-        batch = torch.from_numpy(np.ascontiguousarray(chips[rows[start:start + batch_size]])).to(dev, non_blocking=True)
-        out.append(predict_batch(net, batch, tta).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, net.spec.n_outputs), np.float32)
+        batch = torch.from_numpy(np.ascontiguousarray(chips[rows[start:start + batch_size]]))
+        if cuda:  # pinned, so the copy is asynchronous; predictions stay on the device until the end (one sync)
+            batch = batch.pin_memory().to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        out.append(predict_batch(net, batch, tta).float())
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, net.spec.n_outputs), np.float32)
 
 
 def check_chips(bundle: "Bundle", chips: np.ndarray, source: str = "input") -> None:  # noqa: F821

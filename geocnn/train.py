@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from geocnn.config import ExperimentConfig
-from geocnn.datamodule import ChipDataModule, target_array
+from geocnn.datamodule import ChipDataModule, resolve_workers, target_array
 from geocnn.errors import GeocnnError
 from geocnn.models.backbones import apply_transfer
 from geocnn.models.network import GeoNet, NetSpec
@@ -121,7 +121,8 @@ def fit(view: SplitView, cfg: ExperimentConfig, callbacks: list[L.Callback] | No
     net = GeoNet(spec, weights)
     apply_transfer(net.encoder, cfg.model.transfer, cfg.model.n_blocks)
     device = pick_device(cfg.train.device)
-    dm = ChipDataModule(view, spec.task, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.num_workers,
+    dm = ChipDataModule(view, spec.task, cfg.train.batch_size, cfg.train.eval_batch_size,
+                        resolve_workers(cfg.train.num_workers, device),
                         seed=cfg.seed, pin_memory=device.type == "cuda")
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)  # batches are made channels-last in the training step
