@@ -24,16 +24,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def remove(path: Path) -> None:
+    """Delete a file or a folder tree, if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def remove_stale_parts(path: Path) -> list[Path]:
     """Delete temporary siblings of ``path`` left by processes that are gone (killed mid-write)."""
     removed = []
     for part in path.parent.glob(f".{path.name}.*.part*"):  # also a map's .part.stage.tif
         pid = part.name[len(path.name) + 2:].split(".")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            if part.is_dir():
-                shutil.rmtree(part, ignore_errors=True)
-            else:
-                part.unlink(missing_ok=True)
+            remove(part)
             removed.append(part)
     return removed
 

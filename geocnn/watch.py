@@ -14,6 +14,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from geocnn.errors import GeocnnError
+from geocnn.io_utils import remove
 
 LEDGER = "ledger.sqlite"
 LOCK = ".ledger.lock"
@@ -166,12 +167,7 @@ class Ledger:
         if folder.is_dir():
             for path in folder.iterdir():
                 if path.name.split(".")[0] not in known:
-                    if path.is_dir():
-                        import shutil
-
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        path.unlink(missing_ok=True)
+                    remove(path)
                     removed.append(path)
         return removed
 

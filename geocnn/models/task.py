@@ -77,6 +77,7 @@ class GeoTask(L.LightningModule):
         self.seed = seed
         self._step_seed = seed * 1_000_003
         self._gen: torch.Generator | None = None  # on the batches' device, made at the first step
+        self._gen_state: torch.Tensor | None = None  # from a checkpoint being resumed
         self._forward = net.forward_normalised  # torch.compile'd by compile_forward(); weights stay shared
         self._val_out: list[torch.Tensor] = []
         self._val_y: list[torch.Tensor] = []
@@ -100,17 +101,34 @@ class GeoTask(L.LightningModule):
         return F.mse_loss(out, y)
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
-        # Augmentation and dropout draw from generators seeded by (seed, optimiser step): a training resumed
-        # from a checkpoint continues exactly as one that never stopped.
+        # Dropout draws from the global generator, seeded by (seed, optimiser step); augmentation draws from one
+        # stream whose state is saved in every checkpoint. A training resumed from a checkpoint therefore
+        # continues exactly as one that never stopped.
         self._step_seed = self.seed * 1_000_003 + self.trainer.global_step
         torch.manual_seed(self._step_seed)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._gen is not None:
+            checkpoint["geocnn_augment_rng"] = self._gen.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._gen_state = checkpoint.get("geocnn_augment_rng")
+
+    def _augment_generator(self, device: torch.device) -> torch.Generator:
+        """The augmentation stream on the batches' device: seeded once, or restored from the checkpoint."""
+        if self._gen is None or self._gen.device != device:
+            self._gen = torch.Generator(device=device).manual_seed(self.seed + 17)
+            if self._gen_state is not None:
+                try:
+                    self._gen.set_state(self._gen_state)
+                except RuntimeError:  # saved on another kind of device: continue from the seed
+                    pass
+                self._gen_state = None
+        return self._gen
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self._gen is None or self._gen.device != x.device:
-            self._gen = torch.Generator(device=x.device)
-        self._gen.manual_seed(self._step_seed + 17)
-        x = augment_batch(self.net.normalise(x), self.augment_cfg, self._gen)
+        x = augment_batch(self.net.normalise(x), self.augment_cfg, self._augment_generator(x.device))
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = self.loss(self._forward(x), y)
