@@ -13,9 +13,10 @@ from geocnn.config import AugmentConfig
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Randomly transform a normalised batch (B, C, H, W) on its own device, one affine warp per batch.
 
-    Rotation 0-360 degrees, flips, translation and log-uniform zoom are folded into one affine grid so
-    the image is resampled once (reflection padding keeps the sky texture at the borders); brightness
-    scales each image by a factor in [1 - b, 1 + b].
+    Flips and quarter turns are exact (each image its own, chosen with ``torch.where``, no host loop); rotation
+    0-360 degrees, translation and log-uniform zoom are folded into one affine grid so the image is resampled
+    once (reflection padding keeps the sky texture at the borders); brightness scales each image by a factor in
+    [1 - b, 1 + b].
     """
     b = x.shape[0]
     dev = x.device
