@@ -95,11 +95,6 @@ def raster_reader(path: str | Path, bands: Sequence[int] | None = None,
     """
     from geocnn.sources.raster import open_scene
 
-    with _open(path) as src:
-        count = src.count
-    bad = [b for b in (bands or []) if not 1 <= b <= count]
-    if bad:
-        raise GeocnnError(f"{path}: band(s) {bad} out of range; the raster has bands 1..{count}")
     with open_scene(path, list(bands) if bands is not None else None, allow_no_crs=True) as scene:
 
         def read(window: Window, out_shape: tuple[int, int]) -> np.ndarray:
@@ -119,12 +114,6 @@ def _cell_centres(size: int, stride: int) -> np.ndarray:
     """Centre of each stride cell along one axis; the last (partial) cell's centre is clipped to the scene."""
     starts = np.arange(math.ceil(size / stride)) * stride
     return (starts + np.minimum(starts + stride, size)) / 2.0
-
-
-def _covered(centres: np.ndarray, start: int, chip: int) -> slice:
-    """The cells whose centre lies inside [start, start + chip)."""
-    lo, hi = np.searchsorted(centres, [start, start + chip], side="left")
-    return slice(int(lo), int(hi))
 
 
 def _check_args(grid: Grid, chip_px: int, stride_px: int, in_px: int, batch_size: int,
@@ -229,7 +218,6 @@ def _accumulate(read: Reader, grid: Grid, predict: Predictor, chip: int, stride:
         acc.add([w for w, _ in pending], _as_predictions(predict(batch), len(pending), band_names))
         pending.clear()
 
-    bands = None
     col_origins = _origins(grid.width, chip, stride)
     # A reader marked exact_strips returns the same pixels for one strip as for its windows read one by one:
     # then each row of windows is one read (at native resolution), cut into windows with array views.
@@ -238,6 +226,7 @@ def _accumulate(read: Reader, grid: Grid, predict: Predictor, chip: int, stride:
     row_origins = _origins(grid.height, chip, stride)
     if not strips:
         acc.nodata_blocks = None  # resampled windows: the nodata mask is re-read when the map is written
+        bands = None  # every window must have the first one's band count
         for row in tqdm(row_origins, desc="map strips", unit="strip", disable=not progress):
             for col in col_origins:
                 chip_data = _read_checked(read, Window(int(col), int(row), chip, chip), (in_px, in_px), bands)
@@ -251,7 +240,7 @@ def _accumulate(read: Reader, grid: Grid, predict: Predictor, chip: int, stride:
                     flush()
     else:
         def read_strip(row: int) -> np.ndarray:
-            return _read_checked(read, Window(0, int(row), strip_w, chip), (chip, strip_w), bands)
+            return _read_checked(read, Window(0, int(row), strip_w, chip), (chip, strip_w), None)
 
         # Strips are read one ahead in a thread (GDAL decodes without the GIL) while the model predicts.
         with ThreadPoolExecutor(max_workers=1) as pool:

@@ -75,7 +75,6 @@ class GeoTask(L.LightningModule):
                              persistent=False)
         self.tree = net.spec.decision_tree() if net.spec.task in ("vote_fractions", "vote_counts") else None
         self.seed = seed
-        self._step_seed = seed * 1_000_003
         self._gen: torch.Generator | None = None  # on the batches' device, made at the first step
         self._gen_state: torch.Tensor | None = None  # from a checkpoint being resumed
         self._forward = net.forward_normalised  # torch.compile'd by compile_forward(); weights stay shared
@@ -104,8 +103,7 @@ class GeoTask(L.LightningModule):
         # Dropout draws from the global generator, seeded by (seed, optimiser step); augmentation draws from one
         # stream whose state is saved in every checkpoint. A training resumed from a checkpoint therefore
         # continues exactly as one that never stopped.
-        self._step_seed = self.seed * 1_000_003 + self.trainer.global_step
-        torch.manual_seed(self._step_seed)
+        torch.manual_seed(self.seed * 1_000_003 + self.trainer.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._gen is not None:
