@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, row  # noqa: E402
 from geocnn.config import load_config  # noqa: E402
-from geocnn.poverty import ingest_survey  # noqa: E402
+from geocnn.domains.earth import ingest_survey  # noqa: E402
 
 
 def geocnn_chips_per_s(cfg_overrides: list[str]) -> tuple[float, int]:

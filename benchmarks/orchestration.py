@@ -1,7 +1,7 @@
 """Orchestration and tracking overhead: the Prefect flow with MLflow logging vs the bare library run.
 
 The same galaxy experiment (synthetic galaxies, same seed, chip store already built) runs as
-- bare: `geocnn.experiment.run_experiment` with tracking off (no Prefect, no MLflow);
+- bare: `geocnn.domains.base.run_experiment` with tracking off (no Prefect, no MLflow);
 - orchestrated: `pipelines.galaxy.galaxy_flow` (Prefect tasks, cached ingest, artifacts) logging params, per-epoch
   metrics, plots, tables and the model to MLflow (SQLite) and registering a version.
 Each is run twice, alternating; the best of two is compared. Prefect's temporary API server starts once per
@@ -37,10 +37,10 @@ def main() -> None:
     os.environ.setdefault("PREFECT_HOME", str(tmp / "prefect"))
 
     from geocnn.config import load_config
-    from geocnn.experiment import ingest, run_experiment
-    from geocnn.synthetic import make_galaxies
+    from geocnn.domains.base import ingest, run_experiment
+    from geocnn.synthetic.galaxies import make_galaxies
 
-    from geocnn.predict import pick_device
+    from geocnn.inference.predict import pick_device
 
     print(f"machine: {machine(str(pick_device(args.device)))}")
     catalog = make_galaxies(tmp / "syn", args.n, 64, seed=0)

@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, row  # noqa: E402
 from geocnn.config import AugmentConfig, load_config  # noqa: E402
-from geocnn.datamodule import ChipDataModule, resolve_workers  # noqa: E402
-from geocnn.experiment import ingest, split  # noqa: E402
+from geocnn.data.datamodule import ChipDataModule, resolve_workers  # noqa: E402
+from geocnn.domains.base import ingest, split  # noqa: E402
 from geocnn.models.network import GeoNet  # noqa: E402
-from geocnn.models.task import GeoTask  # noqa: E402
-from geocnn.predict import pick_device  # noqa: E402
-from geocnn.synthetic import make_galaxies  # noqa: E402
-from geocnn.train import net_spec  # noqa: E402
+from geocnn.training.module import GeoTask  # noqa: E402
+from geocnn.inference.predict import pick_device  # noqa: E402
+from geocnn.synthetic.galaxies import make_galaxies  # noqa: E402
+from geocnn.training.fit import net_spec  # noqa: E402
 
 OFF = AugmentConfig(rotate=False, flip=False, rot90=False, translate=0.0, zoom=0.0, brightness=0.0,
                     band_brightness=0.0)

@@ -58,7 +58,7 @@ def guarded(fn: Any) -> Any:
 
 def print_summary(summary: dict[str, Any]) -> None:
     """Test metrics beside baselines, output paths and the MLflow UI command."""
-    from geocnn.tracking import ui_command
+    from geocnn.tracking.runs import ui_command
 
     metrics: dict[str, float] = summary["metrics"]
     typer.echo("\nTest metrics (model vs baseline):")
@@ -99,8 +99,8 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML (see config
     cfg = load_config(config, set_ or [])  # fail fast, before any flow starts
     earth = cfg.data.format in EARTH_FORMATS
     if no_prefect:
-        from geocnn.experiment import run_experiment
-        from geocnn.poverty import run_poverty
+        from geocnn.domains.base import run_experiment
+        from geocnn.domains.earth import run_poverty
 
         summary = (run_poverty if earth else run_experiment)(cfg)
     elif earth:
@@ -120,8 +120,8 @@ def train(config: Annotated[Path, typer.Argument(help="Experiment YAML (see conf
           set_: SetOption = None) -> None:
     """Train and evaluate without Prefect (library path); same outputs as `geocnn run`."""
     from geocnn.config import load_config
-    from geocnn.experiment import run_experiment
-    from geocnn.poverty import run_poverty
+    from geocnn.domains.base import run_experiment
+    from geocnn.domains.earth import run_poverty
 
     cfg = load_config(config, set_ or [])
     print_summary((run_poverty if cfg.data.format in EARTH_FORMATS else run_experiment)(cfg))
@@ -163,7 +163,7 @@ def run_demo(domain: str, quick: bool, no_prefect: bool, overrides: list[str]) -
     cfg = load_config(config, overrides)
     if domain == "earth":
         if no_prefect:
-            from geocnn.poverty import run_poverty
+            from geocnn.domains.earth import run_poverty
 
             summary = run_poverty(cfg)
         else:
@@ -171,7 +171,7 @@ def run_demo(domain: str, quick: bool, no_prefect: bool, overrides: list[str]) -
 
             summary = poverty_flow(str(config), overrides)
     elif no_prefect:
-        from geocnn.experiment import run_experiment
+        from geocnn.domains.base import run_experiment
 
         summary = run_experiment(cfg)
     else:
@@ -196,10 +196,10 @@ def predict(
     allow_outside_root: Annotated[bool, typer.Option(help="Let --catalog paths leave the catalog's folder.")] = False,
 ) -> None:
     """Predict images with a bundle or a registered MLflow model; write a table."""
-    from geocnn.bundle import load_bundle, resolve_model
-    from geocnn.export import predictions_frame, write_table
-    from geocnn.predict import check_chips, load_chips, predict_chips
-    from geocnn.sources.galaxy import find_image_files, read_csv_catalog
+    from geocnn.inference.bundle import load_bundle, resolve_model
+    from geocnn.outputs.tables import predictions_frame, write_table
+    from geocnn.inference.predict import check_chips, load_chips, predict_chips
+    from geocnn.data.sources.galaxy_tables import find_image_files, read_csv_catalog
 
     if (images is None) == (catalog is None):
         raise GeocnnError("give exactly one of --images DIR or --catalog FILE")
@@ -237,7 +237,7 @@ def export(
     split: Annotated[Optional[str], typer.Option(help="Only rows of this split (train, val, test).")] = None,
 ) -> None:
     """Export a run's predictions as tables (optionally one split only)."""
-    from geocnn.export import TABLE_FORMATS, read_table, write_tables
+    from geocnn.outputs.tables import TABLE_FORMATS, read_table, write_tables
 
     frame = read_table(run_dir / "predictions.parquet")
     if split:
@@ -264,7 +264,7 @@ def map_(
     = None,
 ) -> None:
     """Wall-to-wall prediction map of a scene with a saved Earth model (sliding windows, overlaps averaged)."""
-    from geocnn.poverty import map_from_bundle
+    from geocnn.domains.earth import map_from_bundle
 
     paths = map_from_bundle(model, out, scene, stride, grid)
     for key, path in paths.items():
@@ -281,8 +281,8 @@ def score(
     by: Annotated[Optional[str], typer.Option(help="Also score per value of this column (e.g. urban).")] = None,
 ) -> None:
     """Score any predictions table; print one JSON object (pooled, per group, group mean, per --by value)."""
-    from geocnn.export import read_table
-    from geocnn.score import score_table
+    from geocnn.outputs.tables import read_table
+    from geocnn.evaluation.grouped import score_table
 
     typer.echo(json.dumps(score_table(read_table(table), target, prediction, group, by, source=str(table)), indent=2))
 
@@ -294,7 +294,7 @@ def alias(name: Annotated[str, typer.Argument(help="Registered model name.")],
           alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="Alias, e.g. champion.")] = "champion",
           ) -> None:
     """Set a registry alias (e.g. champion) on a registered model version."""
-    from geocnn.tracking import set_alias
+    from geocnn.tracking.runs import set_alias
 
     try:
         set_alias(name, alias_name, version)
@@ -330,8 +330,8 @@ def serve(
     from prefect import serve as prefect_serve
 
     from geocnn.config import load_config
-    from geocnn.serving import deployments, plan, prefect_api
-    from geocnn.tracking import artifact_root, tracking_uri
+    from geocnn.serving.schedules import deployments, plan, prefect_api
+    from geocnn.tracking.runs import artifact_root, tracking_uri
 
     cfg = load_config(config, set_ or [])
     retrain = None if no_retrain else (retrain_every if retrain_every is not None else retrain_cron)
@@ -367,8 +367,8 @@ def watch(
 ) -> None:
     """Predict the files that arrived in the watch folder since the last run, once (what the schedule runs)."""
     from geocnn.config import load_config
-    from geocnn.serving import watch_paths
-    from geocnn.watch import check_folder
+    from geocnn.serving.schedules import watch_paths
+    from geocnn.serving.watch import check_folder
 
     if config is None and not (input_dir and output_dir and model):
         raise GeocnnError("give a config, or all of --input DIR --output DIR --model MODEL")
@@ -378,7 +378,7 @@ def watch(
     s = cfg.schedule
     args = (str(src), str(out), ref, list(s.patterns) or None, s.min_age_s, s.max_attempts)
     if no_prefect:
-        from geocnn.batch import predict_new
+        from geocnn.serving.batch import predict_new
 
         summary = predict_new(*args)
     else:
@@ -403,7 +403,7 @@ def tracking_server(
     Point runs at it with MLFLOW_TRACKING_URI=http://HOST:PORT."""
     import subprocess
 
-    from geocnn.tracking import server_command
+    from geocnn.tracking.runs import server_command
 
     cmd = server_command(host, port, db, artifacts)
     typer.echo(f"MLflow tracking server on http://{host}:{port}  (export MLFLOW_TRACKING_URI=http://{host}:{port})")

@@ -27,7 +27,7 @@ IO_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": exponential_b
 
 def ingest_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Cache key of an ingest task: the content of its input files and the settings that shape the chips."""
-    from geocnn.fingerprint import ingest_key
+    from geocnn.data.fingerprint import ingest_key
 
     return "geocnn-ingest-" + ingest_key(parameters["cfg"])
 

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from geocnn import experiment, poverty
+from geocnn.domains import base as experiment, earth as poverty
 from geocnn.config import ExperimentConfig, load_config
 from pipelines.report import processed_markdown, publish
 from pipelines.policies import CACHED_INGEST, IO_RETRIES, cached_store

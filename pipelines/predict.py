@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from geocnn import batch as batches
-from geocnn import watch
+from geocnn.serving import batch as batches
+from geocnn.serving import watch
 from pipelines.policies import IO_RETRIES
 
 TASKS = batches.Steps(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from geocnn.augment import augment_batch, tta_views
+from geocnn.data.augment import augment_batch, tta_views
 from geocnn.config import AugmentConfig
 
 OFF = {"rotate": False, "flip": False, "translate": 0.0, "zoom": 0.0, "brightness": 0.0}

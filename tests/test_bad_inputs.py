@@ -108,7 +108,7 @@ class Ctx:
 
     def bundle(self, bands: int = 3, chip: int = 16, kind: str = "galaxy") -> Path:
         """A real bundle (random weights) expecting ``bands`` bands and ``chip`` px chips."""
-        from geocnn.bundle import save_bundle
+        from geocnn.inference.bundle import save_bundle
         from geocnn.config import EarthConfig
         from geocnn.models.network import GeoNet, NetSpec
 

@@ -1,4 +1,4 @@
-"""Tests for geocnn.evaluate: metric values against hand computations, baselines and shape checks."""
+"""Tests for geocnn.evaluation.metrics: metric values against hand computations, baselines and shape checks."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from geocnn.evaluate import (
+from geocnn.evaluation.metrics import (
     classification_metrics,
     confusion,
     prefix_test,
     regression_metrics,
     vote_fraction_metrics,
 )
-from geocnn.models.schema import KAGGLE_TREE, DecisionTree, Question
+from geocnn.data.schema import KAGGLE_TREE, DecisionTree, Question
 
 
 # --------------------------------------------------------------------------------------------- classification

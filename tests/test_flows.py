@@ -116,7 +116,7 @@ def test_predict_flow_reports_what_it_processed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["61 * * * *", "every day"])
 def test_serve_refuses_a_bad_cron(tmp_path: Path, bad: str) -> None:
-    from geocnn.serving import deployments, plan
+    from geocnn.serving.schedules import deployments, plan
 
     cfg = load_config(overrides=["name=x", f"schedule.input_dir={tmp_path / 'in'}"])
     p = plan(cfg, tmp_path / "x.yaml", [], None, bad)
@@ -125,7 +125,7 @@ def test_serve_refuses_a_bad_cron(tmp_path: Path, bad: str) -> None:
 
 
 def test_serve_needs_a_schedule(tmp_path: Path) -> None:
-    from geocnn.serving import plan
+    from geocnn.serving.schedules import plan
 
     with pytest.raises(GeocnnError, match="nothing to serve"):
         plan(load_config(overrides=["name=x"]), tmp_path / "x.yaml", [], None, None)
@@ -135,8 +135,8 @@ def test_retrain_flow_registers_each_run_and_keeps_the_champion_on_a_tie(tmp_pat
     import yaml
     from mlflow import MlflowClient
 
-    from geocnn.synthetic import make_galaxies
-    from geocnn.tracking import tracking_uri
+    from geocnn.synthetic.galaxies import make_galaxies
+    from geocnn.tracking.runs import tracking_uri
     from pipelines.retrain import retrain_flow
 
     catalog = make_galaxies(tmp_path / "syn", 60, 48, seed=4)

@@ -19,7 +19,7 @@ from tests.conftest import write_rgb
 BUILD = """
 import sys
 from geocnn.config import load_config
-from geocnn.experiment import ingest
+from geocnn.domains.base import ingest
 cfg = load_config(overrides=sys.argv[1:])
 print(ingest(cfg, progress=False).root)
 """
@@ -56,7 +56,7 @@ def test_sigkill_during_store_build_leaves_no_store_and_the_rerun_equals_a_clean
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     from geocnn.config import load_config
-    from geocnn.experiment import ingest
+    from geocnn.domains.base import ingest
 
     want = ingest(load_config(overrides=[*args, f"data.store_root={tmp_path / 'clean'}"]), progress=False).root
     got = Path(rerun.stdout.strip().splitlines()[-1])
@@ -67,10 +67,10 @@ def test_sigkill_during_store_build_leaves_no_store_and_the_rerun_equals_a_clean
 
 
 def test_sigkill_during_map_export_leaves_no_map_and_the_rerun_equals_a_clean_export(tmp_path: Path) -> None:
-    from geocnn.bundle import save_bundle
+    from geocnn.inference.bundle import save_bundle
     from geocnn.config import EarthConfig
     from geocnn.models.network import GeoNet, NetSpec
-    from geocnn.synthetic_earth import make_scene
+    from geocnn.synthetic.earth import make_scene
 
     paths = make_scene(tmp_path / "scene", size_px=512, n_clusters=20, seed=2)
     with rasterio.open(paths["scene"]) as src:
@@ -86,7 +86,7 @@ def test_sigkill_during_map_export_leaves_no_map_and_the_rerun_equals_a_clean_ex
     kill_when(proc, lambda: next(iter(out.glob(".prediction.tif.*.part*")), None) if out.exists() else None)
     assert not (out / "prediction.tif").exists()
     assert subprocess.run([*cmd, "--out", str(out)], capture_output=True, timeout=600).returncode == 0
-    from geocnn.poverty import map_from_bundle
+    from geocnn.domains.earth import map_from_bundle
 
     map_from_bundle(str(model), tmp_path / "clean", None, 16)
     with rasterio.open(out / "prediction.tif") as a, rasterio.open(tmp_path / "clean" / "prediction.tif") as b:
@@ -102,8 +102,8 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_ends_like_an_uninte
     import mlflow
     from mlflow import MlflowClient
 
-    from geocnn.synthetic import make_galaxies
-    from geocnn.train import checkpoint_epoch, read_state
+    from geocnn.synthetic.galaxies import make_galaxies
+    from geocnn.training.fit import checkpoint_epoch, read_state
 
     catalog = make_galaxies(tmp_path / "syn", 300, 64, seed=3)
     cfg = tmp_path / "train.yaml"
@@ -115,7 +115,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_ends_like_an_uninte
         "augment:\n  tta_views: 2\ntracking:\n  register_model: false\n")
     cmd = [sys.executable, "-m", "geocnn.cli", "train", str(cfg), "--set"]
     from geocnn.config import load_config
-    from geocnn.tracking import setup
+    from geocnn.tracking.runs import setup
 
     experiment = setup(load_config(cfg))  # the MLflow store and experiment exist before two processes share them
     killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"

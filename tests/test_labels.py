@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from geocnn.errors import GeocnnError
-from geocnn.labels import nightlight_classes
+from geocnn.data.sources.nightlights import nightlight_classes
 
 
 def test_quantiles_equal_counts() -> None:
@@ -54,7 +54,7 @@ def test_errors() -> None:
 
 @pytest.mark.realdata
 def test_black_marble_at_dhs_clusters(shared_data: Path) -> None:
-    from geocnn.sources.raster import label_statistic, open_scene
+    from geocnn.data.sources.raster import label_statistic, open_scene
 
     clusters = pd.read_csv(shared_data / "poverty/dhs_clusters.csv").sample(600, random_state=0)
     with open_scene(shared_data / "satellite/nightlights/blackmarble_2016_3km_gray.tif") as scene:

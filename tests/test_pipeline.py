@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from geocnn.bundle import load_bundle
+from geocnn.inference.bundle import load_bundle
 from geocnn.config import load_config
-from geocnn.experiment import ingest, run_experiment, split
-from geocnn.synthetic import make_galaxies
-from geocnn.train import fit, read_state
+from geocnn.domains.base import ingest, run_experiment, split
+from geocnn.synthetic.galaxies import make_galaxies
+from geocnn.training.fit import fit, read_state
 
 GEOCNN = [sys.executable, "-m", "geocnn.cli"]
 
@@ -122,7 +122,7 @@ def test_bundle_roundtrip_gives_identical_outputs(tmp_path: Path, galaxies: Path
     assert len(meta["spec"]["mean"]) == 3 and meta["geocnn_version"]
     store = ingest(cfg, progress=False)
     chips = np.asarray(store.chips[:8])
-    from geocnn.predict import predict_array
+    from geocnn.inference.predict import predict_array
 
     table = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
     np.testing.assert_allclose(predict_array(bundle, chips, device="cpu"), table.filter(like="prob_").to_numpy()[:8],
@@ -146,14 +146,14 @@ class Interrupt(L.Callback):
 
 def test_interrupted_training_resumes_from_last_checkpoint_in_same_mlflow_run(tmp_path: Path,
                                                                               galaxies: Path) -> None:
-    from geocnn.experiment import open_run, train
+    from geocnn.domains.base import open_run, train
 
     cfg = load_config(overrides=small_config(tmp_path, galaxies, "train.epochs=3"))
     view = split(ingest(cfg, progress=False), cfg)
     run_id = open_run(cfg)
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(view, cfg, callbacks=[Interrupt(2)], progress=False)
-    from geocnn.experiment import fail_run
+    from geocnn.domains.base import fail_run
 
     fail_run(run_id)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
@@ -234,7 +234,7 @@ def write_kaggle_format(galaxies: Path, out: Path) -> Path:
     from PIL import Image
 
     from geocnn.models.heads import DecisionTreeHead
-    from geocnn.models.schema import KAGGLE_TREE
+    from geocnn.data.schema import KAGGLE_TREE
 
     cat = pd.read_csv(galaxies, dtype={"id": str})
     cols = KAGGLE_TREE.columns

@@ -1,4 +1,4 @@
-"""Tests for geocnn.plots: valid PNGs of the expected size, atomic writes, figures closed."""
+"""Tests for geocnn.evaluation.plots: valid PNGs of the expected size, atomic writes, figures closed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from geocnn.plots import DPI, plot_confusion, plot_montage, plot_pred_vs_true
+from geocnn.evaluation.plots import DPI, plot_confusion, plot_montage, plot_pred_vs_true
 
 
 def _png(path: Path) -> tuple[int, int]:

@@ -132,7 +132,7 @@ def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, 
     tags = client.get_model_version("test_poverty", versions[0].version).tags
     assert tags["geocnn.promotion.metric"] == "validation/r2" and tags["geocnn.promotion.promoted"] == "True"
     assert float(tags["geocnn.promotion.candidate"]) == pytest.approx(run.data.metrics["validation/r2"])
-    from geocnn.bundle import resolve_model
+    from geocnn.inference.bundle import resolve_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
     bundle_dir = resolve_model("models:/test_poverty@champion")
@@ -140,7 +140,7 @@ def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, 
 
 
 def test_direct_cnn_with_country_folds_beats_the_train_mean(tmp_path: Path) -> None:
-    from geocnn.poverty import run_poverty
+    from geocnn.domains.earth import run_poverty
 
     cfg = load_config(CONFIGS / "poverty_demo.yaml", demo_overrides(
         tmp_path, "two_stage.enabled=false", "model.task=regression", "earth.synthetic_clusters=240",
@@ -154,7 +154,7 @@ def test_direct_cnn_with_country_folds_beats_the_train_mean(tmp_path: Path) -> N
 
 
 def test_map_command_reproduces_the_pipeline_map_from_the_bundle(two_stage: tuple[Path, dict]) -> None:
-    from geocnn.poverty import map_from_bundle
+    from geocnn.domains.earth import map_from_bundle
 
     tmp, _ = two_stage
     paths = map_from_bundle(str(tmp / "run" / "bundle"), tmp / "again")
@@ -166,7 +166,7 @@ def test_map_command_reproduces_the_pipeline_map_from_the_bundle(two_stage: tupl
 
 def test_map_with_a_scene_of_other_bands_names_the_mismatch(two_stage: tuple[Path, dict], shared_data: Path) -> None:
     from geocnn.errors import GeocnnError
-    from geocnn.poverty import map_from_bundle
+    from geocnn.domains.earth import map_from_bundle
 
     tmp, _ = two_stage
     other = shared_data / "satellite/landsat/landsat7_bahamas_rgb_300m.tif"

@@ -15,8 +15,8 @@ from hypothesis.extra.numpy import arrays
 from geocnn.config import SplitConfig
 from geocnn.errors import GeocnnError
 from geocnn.models.heads import DecisionTreeHead
-from geocnn.models.schema import KAGGLE_TREE
-from geocnn.splits import assign_fold, assign_splits
+from geocnn.data.schema import KAGGLE_TREE
+from geocnn.data.splits import assign_fold, assign_splits
 
 FINITE = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 
@@ -100,7 +100,7 @@ def utm_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_chip_window_survives_a_reprojection_round_trip(utm_scene: Path, col: float, row: float, size: int) -> None:
     from rasterio.warp import transform
 
-    from geocnn.sources.raster import chip_window, open_scene
+    from geocnn.data.sources.raster import chip_window, open_scene
 
     with open_scene(utm_scene) as scene:
         x, y = scene.transform * (col, row)

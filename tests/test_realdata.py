@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from geocnn.config import load_config
-from geocnn.experiment import ingest, run_experiment
+from geocnn.domains.base import ingest, run_experiment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -24,8 +24,8 @@ def dhs_config(tmp_path: Path, *extra: str):  # noqa: ANN201
 
 
 def test_dhs_chips_around_every_cluster_from_black_marble_and_worldclim(shared_data: Path, tmp_path: Path) -> None:
-    from geocnn.earth import ingest_report
-    from geocnn.poverty import ingest_survey
+    from geocnn.domains.earth_store import ingest_report
+    from geocnn.domains.earth import ingest_survey
 
     wc = shared_data / "satellite/worldclim"
     layers = (f"earth.layers=[{wc / 'wc2.0_bio_10m_05_max_temp_warmest_month.tif'}, "
@@ -49,7 +49,7 @@ def test_dhs_chips_around_every_cluster_from_black_marble_and_worldclim(shared_d
 
 
 def test_survey_split_is_never_random(shared_data: Path, tmp_path: Path) -> None:
-    from geocnn.poverty import run_poverty
+    from geocnn.domains.earth import run_poverty
 
     with pytest.raises(GeocnnError, match="split.method=grouped"):
         run_poverty(dhs_config(tmp_path, "split.method=random", "tracking.enabled=false"), progress=False)
@@ -57,7 +57,7 @@ def test_survey_split_is_never_random(shared_data: Path, tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_dhs_out_of_country_cnn_ties_or_beats_night_light_gradient_boosting(shared_data: Path, tmp_path: Path) -> None:
-    from geocnn.poverty import run_poverty
+    from geocnn.domains.earth import run_poverty
 
     summary = run_poverty(dhs_config(tmp_path, "tracking.enabled=false", "maps.enabled=true"), progress=False)
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -100,7 +100,7 @@ def random_net(in_chans: int):  # noqa: ANN201
 ])
 def test_map_export_keeps_the_source_grid_and_nodata(shared_data: Path, tmp_path: Path, scene: str,
                                                      bands: list[str] | None) -> None:
-    from geocnn.poverty import map_scene
+    from geocnn.domains.earth import map_scene
 
     path = str(shared_data / scene)
     earth = EarthConfig(scenes=[path], bands=bands, chip_px=32)
@@ -118,7 +118,7 @@ def test_map_export_keeps_the_source_grid_and_nodata(shared_data: Path, tmp_path
 
 
 def test_viirs_and_dmsp_clips_as_label_rasters(shared_data: Path, tmp_path: Path) -> None:
-    from geocnn.earth import build_earth_store
+    from geocnn.domains.earth_store import build_earth_store
 
     nl = shared_data / "satellite/nightlights"
     # Sao Tome: the capital (NE coast) is lit, the forested south-west is dark.

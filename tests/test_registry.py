@@ -10,10 +10,10 @@ from mlflow import MlflowClient
 
 from geocnn.config import load_config
 from geocnn.errors import GeocnnError
-from geocnn.experiment import run_experiment
-from geocnn.registry import better, check_metric, promotion_direction, split_signature
-from geocnn.synthetic import make_galaxies
-from geocnn.tracking import tracking_uri
+from geocnn.domains.base import run_experiment
+from geocnn.tracking.registry import better, check_metric, promotion_direction, split_signature
+from geocnn.synthetic.galaxies import make_galaxies
+from geocnn.tracking.runs import tracking_uri
 
 NAME = "reg_galaxies"
 

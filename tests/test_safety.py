@@ -12,7 +12,7 @@ import pytest
 
 from geocnn.config import load_config
 from geocnn.errors import GeocnnError
-from geocnn.sources.galaxy import read_galaxy_catalog
+from geocnn.data.sources.galaxy_tables import read_galaxy_catalog
 from tests.conftest import write_rgb
 
 
@@ -46,8 +46,8 @@ def test_catalog_paths_cannot_leave_the_data_root(tmp_path: Path, kind: str) -> 
 def test_servers_bind_to_loopback_by_default() -> None:
     import inspect
 
-    from geocnn import serving
-    from geocnn.tracking import server_command, ui_command
+    from geocnn.serving import schedules as serving
+    from geocnn.tracking.runs import server_command, ui_command
 
     cmd = server_command()
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
@@ -60,7 +60,7 @@ def test_servers_bind_to_loopback_by_default() -> None:
 
 
 def test_two_concurrent_watch_runs_process_each_file_once(tmp_path: Path) -> None:
-    from geocnn.watch import Ledger
+    from geocnn.serving.watch import Ledger
     from tests.test_watch import drop, galaxy_bundle
 
     model = galaxy_bundle(tmp_path / "bundle")

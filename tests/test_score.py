@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from geocnn.cli import app
-from geocnn.score import score_table
+from geocnn.evaluation.grouped import score_table
 
 runner = CliRunner()
 

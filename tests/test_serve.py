@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from geocnn.serving import free_port
-from geocnn.watch import Ledger
+from geocnn.serving.schedules import free_port
+from geocnn.serving.watch import Ledger
 from tests.test_watch import drop, galaxy_bundle
 
 GEOCNN = [sys.executable, "-m", "geocnn.cli"]
@@ -100,10 +100,10 @@ def test_served_prediction_deployment_processes_each_drop_exactly_once(tmp_path:
 def test_training_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
-    from geocnn.bundle import load_bundle, resolve_model
+    from geocnn.inference.bundle import load_bundle, resolve_model
     from geocnn.config import load_config
-    from geocnn.experiment import run_experiment
-    from geocnn.synthetic import make_galaxies
+    from geocnn.domains.base import run_experiment
+    from geocnn.synthetic.galaxies import make_galaxies
 
     port = free_port()
     log = tmp_path / "mlflow.log"
@@ -166,7 +166,7 @@ def test_prefect_yaml_deploys_to_a_work_pool_and_a_worker_runs_it(tmp_path: Path
 
     import json
 
-    from geocnn.serving import prefect_api
+    from geocnn.serving.schedules import prefect_api
 
     project = Path(__file__).resolve().parents[1]
     model = galaxy_bundle(tmp_path / "bundle")

@@ -12,8 +12,8 @@ from PIL import Image
 
 from geocnn.config import DataConfig
 from geocnn.errors import GeocnnError
-from geocnn.models.schema import KAGGLE_TREE
-from geocnn.sources.galaxy import (
+from geocnn.data.schema import KAGGLE_TREE
+from geocnn.data.sources.galaxy_tables import (
     find_image_files,
     load_image,
     read_csv_catalog,

@@ -14,7 +14,7 @@ from rasterio.warp import transform as warp
 from rasterio.windows import Window
 
 from geocnn.errors import GeocnnError
-from geocnn.sources.raster import (
+from geocnn.data.sources.raster import (
     chip_window,
     cluster_points,
     label_statistic,

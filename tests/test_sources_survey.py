@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from geocnn.errors import GeocnnError
-from geocnn.sources.survey import read_survey
+from geocnn.data.sources.survey import read_survey
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "survey.csv") -> Path:

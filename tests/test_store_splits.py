@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from geocnn.catalog import Catalog
-from geocnn.chips import crop_resize
+from geocnn.data.catalog import Catalog
+from geocnn.data.sources.images import crop_resize
 from geocnn.config import SplitConfig
 from geocnn.errors import GeocnnError
-from geocnn.splits import assign_splits, split_store
-from geocnn.store import CHIPS, META, ChipStore, band_stats, build_galaxy_store
+from geocnn.data.splits import assign_splits, split_store
+from geocnn.data.store import CHIPS, META, ChipStore, band_stats, build_galaxy_store
 from tests.conftest import write_rgb
 
 N = 30

@@ -13,7 +13,7 @@ from scipy import ndimage
 from scipy.stats import spearmanr
 
 from geocnn.errors import GeocnnError
-from geocnn.synthetic import CATALOG_COLUMNS, CLASSES, make_galaxies, render_galaxy
+from geocnn.synthetic.galaxies import CATALOG_COLUMNS, CLASSES, make_galaxies, render_galaxy
 
 N = 40
 SIZE = 64

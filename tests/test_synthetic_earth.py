@@ -15,7 +15,7 @@ from scipy.spatial import Delaunay
 from scipy.stats import spearmanr
 
 from geocnn.errors import GeocnnError
-from geocnn.synthetic_earth import (BANDS, CLUSTER_BOX_PX, CLUSTER_COLUMNS, FILES, LIGHTS_FACTOR, REFLECTANCE_OFFSET,
+from geocnn.synthetic.earth import (BANDS, CLUSTER_BOX_PX, CLUSTER_COLUMNS, FILES, LIGHTS_FACTOR, REFLECTANCE_OFFSET,
                                     REFLECTANCE_SCALE, make_scene)
 
 SIZE = 512

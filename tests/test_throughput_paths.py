@@ -8,10 +8,10 @@ import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from geocnn.augment import augment_batch
+from geocnn.data.augment import augment_batch
 from geocnn.config import AugmentConfig
-from geocnn.datamodule import EpochShuffledBatches, resolve_workers
-from geocnn.maps import BLOCK_PX, predict_map, raster_reader
+from geocnn.data.datamodule import EpochShuffledBatches, resolve_workers
+from geocnn.inference.sliding import BLOCK_PX, predict_map, raster_reader
 
 
 def band_mean(batch: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geocnn.transfer import cluster_means, gbm_baseline, nested_ridge, train_mean_baseline
+from geocnn.models.ridge import cluster_means, gbm_baseline, nested_ridge, train_mean_baseline
 
 
 def test_cluster_means_average_the_chips_of_each_cluster() -> None:

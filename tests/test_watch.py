@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import rasterio
 
-from geocnn.batch import predict_new
-from geocnn.bundle import load_bundle, save_bundle
+from geocnn.serving.batch import predict_new
+from geocnn.inference.bundle import load_bundle, save_bundle
 from geocnn.models.network import GeoNet, NetSpec
-from geocnn.predict import load_chips, predict_array
-from geocnn.watch import BATCHES, Ledger, exclusive
+from geocnn.inference.predict import load_chips, predict_array
+from geocnn.serving.watch import BATCHES, Ledger, exclusive
 from tests.conftest import write_rgb
 
 CLASSES = ["elliptical", "spiral", "edge_on"]
@@ -136,8 +136,8 @@ def test_missing_watch_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_new_scenes_are_mapped_and_a_corrupt_one_fails_alone(tmp_path: Path) -> None:
     from geocnn.config import EarthConfig
-    from geocnn.poverty import map_from_bundle
-    from geocnn.synthetic_earth import make_scene
+    from geocnn.domains.earth import map_from_bundle
+    from geocnn.synthetic.earth import make_scene
 
     paths = make_scene(tmp_path / "scene", size_px=256, n_clusters=20, seed=1)
     with rasterio.open(paths["scene"]) as src:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from geocnn.models.schema import DecisionTree
+from geocnn.data.schema import DecisionTree
 
 EPS = 1e-6
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from geocnn.models.schema import DecisionTree
+from geocnn.data.schema import DecisionTree
 
 
 def dirichlet_multinomial_nll(counts: torch.Tensor, alpha: torch.Tensor, tree: DecisionTree) -> torch.Tensor:

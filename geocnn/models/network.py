@@ -10,7 +10,7 @@ from torch import nn
 from geocnn.models.backbones import create_encoder
 from geocnn.models.heads import DecisionTreeHead, DirichletHead, LinearHead
 from geocnn.models.losses import expected_fractions
-from geocnn.models.schema import KAGGLE_TREE, DecisionTree, questions_from_columns
+from geocnn.data.schema import KAGGLE_TREE, DecisionTree, questions_from_columns
 
 
 @dataclass

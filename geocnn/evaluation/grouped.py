@@ -1,0 +1,56 @@
+"""Score any predictions table: pooled, per group, mean over groups, per value of a column, and the worst of those."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from geocnn.data.catalog import require_columns
+from geocnn.errors import GeocnnError
+from geocnn.evaluation.metrics import regression_metrics
+
+KEYS = ("r2", "pearson_r", "pearson_r2", "rmse", "mae")
+
+
+def _metrics(frame: pd.DataFrame, target: str, prediction: str) -> dict[str, float]:
+    y = frame[target].to_numpy(dtype=np.float64)
+    p = frame[prediction].to_numpy(dtype=np.float64)
+    m = regression_metrics(y, p, [target], np.array([y.mean()]))
+    out = {k: m[k] for k in KEYS if k in m}
+    out["n"] = float(len(frame))
+    return out
+
+
+def score_table(frame: pd.DataFrame, target: str, prediction: str, group: str | None = None,
+                by: str | None = None, source: str = "table") -> dict[str, Any]:
+    """Metrics of ``prediction`` against ``target``: R2 and squared Pearson r (both, named so), r, RMSE, MAE.
+
+    Returns ``pooled``; with ``group``: ``groups`` (per group) and ``group_mean`` (unweighted mean over groups,
+    as Yeh et al. 2020 report per-country r2); with ``by``: ``by`` (per value, e.g. urban/rural) and ``by_worst``
+    (the lowest of each metric over those values, higher-is-better metrics only, as WILDS PovertyMap reports).
+    """
+    cols = [target, prediction] + [c for c in (group, by) if c]
+    require_columns(frame, cols, source, "--target/--prediction/--group/--by")
+    for col in (target, prediction):
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise GeocnnError(f"{source}: row {i + 2}, column '{col}': {frame[col].iloc[i]!r} is not a finite number; "
+                              "drop or fill such rows before scoring")
+    if len(frame) < 2:
+        raise GeocnnError(f"{source}: at least 2 rows are needed to score, found {len(frame)}")
+    result: dict[str, Any] = {"target": target, "prediction": prediction, "pooled": _metrics(frame, target, prediction)}
+    if group:
+        groups = {str(k): _metrics(g, target, prediction) for k, g in frame.groupby(group, sort=True) if len(g) >= 2}
+        result["groups"] = groups
+        result["group_mean"] = {k: float(np.mean([g[k] for g in groups.values() if k in g])) for k in KEYS
+                                if any(k in g for g in groups.values())}
+    if by:
+        per = {str(k): _metrics(g, target, prediction) for k, g in frame.groupby(by, sort=True) if len(g) >= 2}
+        result["by"] = per
+        result["by_worst"] = {k: float(min(v[k] for v in per.values() if k in v))
+                              for k in ("r2", "pearson_r", "pearson_r2") if any(k in v for v in per.values())}
+    return result

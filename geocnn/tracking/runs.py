@@ -1,0 +1,180 @@
+"""MLflow tracking: embedded SQLite default, runs that survive resume, epoch metrics, model logging and aliases."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+
+from geocnn.config import ExperimentConfig, flatten
+
+DEFAULT_DB = Path("data/mlflow/mlflow.db")
+DEFAULT_ARTIFACTS = Path("data/mlflow/artifacts")
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The tracking URI: the config's, else $MLFLOW_TRACKING_URI, else SQLite at data/mlflow/mlflow.db."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DEFAULT_DB.resolve()}"
+
+
+def artifact_root() -> str:
+    """Artifact location for new experiments on a local store ($GEOCNN_MLFLOW_ARTIFACTS or data/mlflow/artifacts)."""
+    root = Path(os.environ.get("GEOCNN_MLFLOW_ARTIFACTS", DEFAULT_ARTIFACTS)).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root.as_uri()
+
+
+def ui_command(uri: str | None = None) -> str:
+    """The shell command that opens the MLflow UI on these runs."""
+    uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f".venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def server_command(host: str = "127.0.0.1", port: int = 5000, db: Path | None = None,
+                   artifacts: Path | None = None, workers: int = 1) -> list[str]:
+    """The `mlflow server` command of the local tracking server: SQLite backend, local artifact root served over
+    HTTP (clients need no access to the folder), bound to the loopback interface by default."""
+    import sys
+
+    db = (db or DEFAULT_DB).resolve()
+    artifacts = (artifacts or Path(os.environ.get("GEOCNN_MLFLOW_ARTIFACTS", DEFAULT_ARTIFACTS))).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    return [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination",
+            artifacts.as_uri(), "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
+def setup(cfg: ExperimentConfig) -> str:
+    """Point MLflow at the configured store and experiment (created with a local artifact root); return its id."""
+    uri = tracking_uri(cfg.tracking.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
+        local = not uri.startswith(("http://", "https://", "databricks"))
+        return client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root() if local else None)
+    return exp.experiment_id
+
+
+def start_run(cfg: ExperimentConfig, resume_run_id: str | None = None, resumed_at_epoch: int | None = None) -> str:
+    """Create (or reopen, when resuming) the run for this training; log the resolved config as params."""
+    experiment_id = setup(cfg)
+    client = MlflowClient(mlflow.get_tracking_uri())
+    if resume_run_id:
+        try:
+            run = client.get_run(resume_run_id)
+        except mlflow.exceptions.MlflowException:
+            run = None
+        if run is not None and run.info.lifecycle_stage == "active":
+            client.update_run(resume_run_id, status="RUNNING")
+            count = int(run.data.tags.get("geocnn.resume_count", "0")) + 1
+            for key, value in {"geocnn.resumed": "true", "geocnn.resume_count": str(count),
+                               "geocnn.resumed_at_epoch": str(resumed_at_epoch or 0)}.items():
+                client.set_tag(resume_run_id, key, value)
+            return run.info.run_id
+    run = client.create_run(experiment_id, run_name=cfg.name, tags={"geocnn.task": cfg.model.task})
+    params = {k: str(v)[:6000] for k, v in flatten(cfg).items()}
+    items = list(params.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i:i + 100]), run_id=run.info.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        import yaml
+
+        path.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        client.log_artifact(run.info.run_id, str(path))
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    """Mark a run FINISHED or FAILED."""
+    MlflowClient(mlflow.get_tracking_uri()).set_terminated(run_id, status=status)
+
+
+class EpochMetrics(L.Callback):
+    """Logs the epoch's train/ and val/ metrics and the learning rate to an MLflow run (step = epoch).
+
+    Epochs the run already holds (a resumed run retraining deterministically) are not logged twice.
+    """
+
+    def __init__(self, run_id: str, prefix: str = "") -> None:
+        self.run_id = run_id
+        self.prefix = prefix
+        self.logged_through = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        history = MlflowClient(mlflow.get_tracking_uri()).get_metric_history(self.run_id, self.prefix + "train/loss")
+        self.logged_through = max((m.step for m in history), default=-1)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch <= self.logged_through:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        opt = trainer.optimizers[0] if trainer.optimizers else None
+        if opt is not None:
+            metrics["train/lr"] = max(g["lr"] for g in opt.param_groups)
+        now = int(time.time() * 1000)
+        MlflowClient(mlflow.get_tracking_uri()).log_batch(
+            self.run_id, metrics=[mlflow.entities.Metric(self.prefix + k, v, now, trainer.current_epoch)
+                                  for k, v in metrics.items()])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Log final metrics (names keep their slashes: test/rmse, baseline/rmse)."""
+    clean = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
+    mlflow.log_metrics(clean, run_id=run_id)
+
+
+def log_artifacts(run_id: str, paths: list[Path], folder: str | None = None) -> None:
+    """Upload files to the run."""
+    client = MlflowClient(mlflow.get_tracking_uri())
+    for p in paths:
+        client.log_artifact(run_id, str(p), folder)
+
+
+def log_bundle_model(run_id: str, bundle_dir: Path, example: np.ndarray, registered_model: str | None) -> Any:
+    """Log the bundle as an MLflow pyfunc model with an input example; register it when a name is given."""
+    from geocnn.tracking.pyfunc import BundleModel
+
+    import logging
+    import warnings
+
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # cloudpickle notice: the class is imported by name
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=BundleModel(), artifacts={"bundle": str(bundle_dir)},
+            input_example=example, registered_model_name=registered_model,
+            pip_requirements=["geocnn", "torch", "timm", "safetensors"])
+    return info
+
+
+def client() -> MlflowClient:
+    """A client on the current tracking URI."""
+    return MlflowClient(mlflow.get_tracking_uri())
+
+
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    """Set tags on a run."""
+    c = client()
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+
+
+def set_alias(name: str, alias: str, version: str | int, uri: str | None = None) -> None:
+    """Point a registry alias (e.g. 'champion') at a model version."""
+    MlflowClient(tracking_uri(uri)).set_registered_model_alias(name, alias, str(version))
