@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,7 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fine-tune timm CNNs on galaxy images and satellite scenes; track runs in MLflow; export predictions and maps.")
 STATE: dict[str, bool] = {"debug": False}
 PROJECT = Path(__file__).resolve().parents[1]
-EARTH_FORMATS = ("survey", "synthetic_earth")
+# Commands import the library inside their bodies: `geocnn --help` and `geocnn config` stay fast (no torch, MLflow
+# or Prefect at start-up). Nothing else in geocnn imports inside functions.
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: key.sub=value")]
 
@@ -57,17 +57,17 @@ def guarded(fn: Any) -> Any:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    """Test metrics beside baselines, output paths and the MLflow UI command."""
+    """Held-out metrics beside baselines, output paths and the MLflow UI command."""
     from geocnn.tracking.runs import ui_command
 
     metrics: dict[str, float] = summary["metrics"]
-    typer.echo("\nTest metrics (model vs baseline):")
+    typer.echo(f"\nHeld-out metrics ({int(metrics.get('test/n', 0))} samples; model vs train-derived baseline):")
     for name, value in sorted(metrics.items()):
         if name.startswith("test/") and "/" not in name.removeprefix("test/"):
             base = metrics.get("baseline/" + name.removeprefix("test/"))
             typer.echo(f"  {name:<28} {value:8.4f}" + ("" if base is None else f"   baseline {base:8.4f}"))
     others = sorted(k for k in metrics if k.startswith(("baseline_", "poorer_half/")) and
-                    k.rsplit("/", 1)[-1] in ("r2", "pearson_r2"))
+                    k.rsplit("/", 1)[-1] in ("r2", "pearson_r2") and k.count("/") <= 2)
     if others:
         typer.echo("\nOther baselines and the poorer half of clusters (same folds):")
         for name in others:
@@ -88,30 +88,27 @@ def print_summary(summary: dict[str, Any]) -> None:
         typer.echo(f"Open the MLflow UI:  {ui_command()}")
 
 
+def run_config(config: Path | None, overrides: list[str], no_prefect: bool) -> dict[str, Any]:
+    """Validate a config (fail fast, before any flow starts), then run it as a Prefect flow or plain steps."""
+    from geocnn.config import load_config
+    from geocnn.domains import domain_for
+    from geocnn.domains.base import run_experiment
+
+    cfg = load_config(config, overrides)
+    if no_prefect:
+        return run_experiment(cfg, domain_for(cfg))
+    from pipelines.experiment import experiment_flow
+
+    return experiment_flow(None if config is None else str(config), overrides)
+
+
 @app.command()
 @guarded
 def run(config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")], set_: SetOption = None,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run the steps without Prefect.")] = False,
         ) -> None:
     """Run the whole experiment as a Prefect flow: ingest, split, train, evaluate, export, track."""
-    from geocnn.config import load_config
-
-    cfg = load_config(config, set_ or [])  # fail fast, before any flow starts
-    earth = cfg.data.format in EARTH_FORMATS
-    if no_prefect:
-        from geocnn.domains.base import run_experiment
-        from geocnn.domains.earth import run_poverty
-
-        summary = (run_poverty if earth else run_experiment)(cfg)
-    elif earth:
-        from pipelines.poverty import poverty_flow
-
-        summary = poverty_flow(str(config), set_ or [])
-    else:
-        from pipelines.galaxy import galaxy_flow
-
-        summary = galaxy_flow(str(config), set_ or [])
-    print_summary(summary)
+    print_summary(run_config(config, list(set_ or []), no_prefect))
 
 
 @app.command()
@@ -119,12 +116,7 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML (see config
 def train(config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")],
           set_: SetOption = None) -> None:
     """Train and evaluate without Prefect (library path); same outputs as `geocnn run`."""
-    from geocnn.config import load_config
-    from geocnn.domains.base import run_experiment
-    from geocnn.domains.earth import run_poverty
-
-    cfg = load_config(config, set_ or [])
-    print_summary((run_poverty if cfg.data.format in EARTH_FORMATS else run_experiment)(cfg))
+    print_summary(run_config(config, list(set_ or []), no_prefect=True))
 
 
 @app.command()
@@ -139,7 +131,10 @@ def demo(
     if domain not in ("galaxy", "earth", "all"):
         raise GeocnnError(f"geocnn demo: unknown domain {domain!r}; use galaxy, earth or all")
     for name in (["galaxy", "earth"] if domain == "all" else [domain]):
-        run_demo(name, quick, no_prefect, list(set_ or []))
+        config_name, quick_overrides, what = DEMOS[name]
+        typer.echo(f"geocnn demo {name}: {what}")
+        overrides = [*quick_overrides, *(set_ or [])] if quick else list(set_ or [])
+        print_summary(run_config(PROJECT / "configs" / config_name, overrides, no_prefect))
 
 
 DEMOS = {
@@ -152,80 +147,66 @@ DEMOS = {
 }
 
 
-def run_demo(domain: str, quick: bool, no_prefect: bool, overrides: list[str]) -> None:
-    """One domain's demo through the Prefect flow (or the plain library path)."""
-    config_name, quick_overrides, what = DEMOS[domain]
-    overrides = [*quick_overrides, *overrides] if quick else overrides
-    typer.echo(f"geocnn demo {domain}: {what}")
-    config = PROJECT / "configs" / config_name
-    from geocnn.config import load_config
-
-    cfg = load_config(config, overrides)
-    if domain == "earth":
-        if no_prefect:
-            from geocnn.domains.earth import run_poverty
-
-            summary = run_poverty(cfg)
-        else:
-            from pipelines.poverty import poverty_flow
-
-            summary = poverty_flow(str(config), overrides)
-    elif no_prefect:
-        from geocnn.domains.base import run_experiment
-
-        summary = run_experiment(cfg)
-    else:
-        from pipelines.galaxy import galaxy_flow
-
-        summary = galaxy_flow(str(config), overrides)
-    print_summary(summary)
-
-
 @app.command()
 @guarded
 def predict(
     model: Annotated[str, typer.Option("--model", "-m", help="Bundle folder, or models:/NAME@ALIAS, models:/NAME/V.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output table (.csv or .parquet).")],
-    images: Annotated[Optional[Path], typer.Option(help="Folder of images (searched recursively).")] = None,
-    catalog: Annotated[Optional[Path], typer.Option(help="CSV/Parquet with an id and a file column.")] = None,
-    id_column: Annotated[str, typer.Option(help="Id column of --catalog.")] = "id",
-    file_column: Annotated[str, typer.Option(help="Image path column of --catalog.")] = "file",
+    images: Annotated[Optional[Path], typer.Option(help="Folder of images or tiles (searched recursively).")] = None,
+    catalog: Annotated[Optional[Path], typer.Option(help="CSV/Parquet: an id and a file column, or (Earth models on "
+                                                         "scenes) survey points with lat/lon columns.")] = None,
+    id_column: Annotated[Optional[str], typer.Option(help="Id column of --catalog (default: id, or row numbers "
+                                                          "for points).")] = None,
+    file_column: Annotated[str, typer.Option(help="Image/tile path column of --catalog.")] = "file",
+    lat_column: Annotated[str, typer.Option(help="Latitude column of --catalog points.")] = "lat",
+    lon_column: Annotated[str, typer.Option(help="Longitude column of --catalog points.")] = "lon",
+    scene: Annotated[Optional[list[str]], typer.Option("--scene", help="Scenes to cut point chips from (default: "
+                                                                       "the model's).")] = None,
     tta: Annotated[Optional[int], typer.Option(help="Test-time views (default: the bundle's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Prediction batch size.")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     allow_outside_root: Annotated[bool, typer.Option(help="Let --catalog paths leave the catalog's folder.")] = False,
 ) -> None:
-    """Predict images with a bundle or a registered MLflow model; write a table."""
-    from geocnn.inference.bundle import load_bundle, resolve_model
-    from geocnn.outputs.tables import predictions_frame, write_table
-    from geocnn.inference.predict import check_chips, load_chips, predict_chips
-    from geocnn.data.sources.galaxy_tables import find_image_files, read_csv_catalog
+    """Predict images, tiles or survey points with a bundle or a registered MLflow model; write a table."""
+    from geocnn.data.catalog import Catalog
+    from geocnn.data.sources.galaxy_tables import read_csv_catalog
+    from geocnn.data.sources.images import find_image_files
+    from geocnn.data.sources.survey import read_survey
+    from geocnn.domains.base import predict_catalog
+    from geocnn.inference.bundle import load_bundle
+    from geocnn.outputs.tables import write_table
+    from geocnn.tracking.model_uri import resolve_model
 
     if (images is None) == (catalog is None):
         raise GeocnnError("give exactly one of --images DIR or --catalog FILE")
     bundle = load_bundle(resolve_model(model))
-    if catalog is not None:
-        cat = read_csv_catalog(catalog, None, id_column=id_column, file_column=file_column, targets=[],
+    from_files = bundle.preprocessing.chips.files
+    if catalog is not None and not from_files:
+        frame = read_survey(catalog, lat_column, lon_column, id_column=id_column)
+        cat = Catalog(frame, [], str(catalog))
+    elif catalog is not None:
+        cat = read_csv_catalog(catalog, None, id_column=id_column or "id", file_column=file_column, targets=[],
                                require_targets=False, allow_outside_root=allow_outside_root)
-        ids, paths = cat.frame["id"].to_numpy(), [Path(p) for p in cat.frame["image"]]
     else:
+        if not from_files:
+            raise GeocnnError(f"--model {model}: this Earth model cuts chips from scenes around points; give "
+                              "--catalog POINTS.csv (lat/lon columns), or map a scene with `geocnn map`")
         if not images.is_dir():
             raise GeocnnError(f"--images {images}: not a folder")
         found = find_image_files(images)
         if not found:
-            raise GeocnnError(f"--images {images}: no .jpg/.png/.fits images found")
-        ids, paths = list(found), list(found.values())
-    pre = bundle.preprocessing
-    if pre.get("kind") == "earth":
-        raise GeocnnError(f"--model {model}: an Earth model predicts scenes, not image files; use "
-                          "`geocnn map --model ... --scene SCENE.tif --out DIR` (or `geocnn run` on new survey points)")
-    chips = load_chips(paths, pre["crop"], pre["chip_size"], pre["channels"])
-    check_chips(bundle, chips, f"{catalog or images} (read as {pre['channels']})")
-    pred = predict_chips(bundle.net, chips, None, batch_size, bundle.tta_views if tta is None else tta, device,
-                         progress=True)
-    frame = predictions_frame(ids, pred, bundle.spec)
+            raise GeocnnError(f"--images {images}: no .jpg/.png/.fits/.tif/.npy images found")
+        cat = Catalog(pd_frame({"id": list(found), "image": [str(p) for p in found.values()]}), [], str(images))
+    frame = predict_catalog(bundle, cat, batch_size, device, tta, scene, progress=True)
     write_table(frame, out)
     typer.echo(f"wrote {len(frame)} predictions to {out}")
+
+
+def pd_frame(columns: dict[str, list[str]]) -> Any:
+    """A DataFrame of the given columns (pandas imported only when a command needs it)."""
+    import pandas as pd
+
+    return pd.DataFrame(columns)
 
 
 @app.command()
@@ -255,18 +236,22 @@ def export(
 @app.command("map")
 @guarded
 def map_(
-    model: Annotated[str, typer.Option("--model", help="Earth bundle folder or models:/NAME@ALIAS (the CNN).")],
+    model: Annotated[str, typer.Option("--model", help="Earth bundle folder or models:/NAME@ALIAS.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder for prediction.tif and prediction.png.")],
     scene: Annotated[Optional[list[str]], typer.Option("--scene", help="Scene GeoTIFF(s) (default: the "
                                                                        "training scenes).")] = None,
     stride: Annotated[Optional[int], typer.Option(help="Window stride in native pixels (default: half a chip).")] = None,
     grid: Annotated[Optional[str], typer.Option(help="Write on the grid of this raster (CRS, transform, shape).")]
     = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Wall-to-wall prediction map of a scene with a saved Earth model (sliding windows, overlaps averaged)."""
-    from geocnn.domains.earth import map_from_bundle
+    from geocnn.domains.earth_maps import map_scene, scenes_of
+    from geocnn.inference.bundle import load_bundle
+    from geocnn.tracking.model_uri import resolve_model
 
-    paths = map_from_bundle(model, out, scene, stride, grid)
+    bundle = load_bundle(resolve_model(model))
+    paths = map_scene(bundle, scenes_of(bundle, scene, model), out, stride, grid, device=device)
     for key, path in paths.items():
         typer.echo(f"{key:<10} {path}")
 
@@ -281,8 +266,8 @@ def score(
     by: Annotated[Optional[str], typer.Option(help="Also score per value of this column (e.g. urban).")] = None,
 ) -> None:
     """Score any predictions table; print one JSON object (pooled, per group, group mean, per --by value)."""
-    from geocnn.outputs.tables import read_table
     from geocnn.evaluation.grouped import score_table
+    from geocnn.outputs.tables import read_table
 
     typer.echo(json.dumps(score_table(read_table(table), target, prediction, group, by, source=str(table)), indent=2))
 
@@ -329,17 +314,18 @@ def serve(
     """
     from prefect import serve as prefect_serve
 
-    from geocnn.config import load_config
-    from geocnn.serving.schedules import deployments, plan, prefect_api
+    from geocnn.config import derive, load_config
+    from geocnn.serving.schedules import plan, prefect_api
     from geocnn.tracking.runs import artifact_root, tracking_uri
+    from pipelines.deployments import deployments
 
     cfg = load_config(config, set_ or [])
     retrain = None if no_retrain else (retrain_every if retrain_every is not None else retrain_cron)
     predict = None if no_predict else (predict_every if predict_every is not None else predict_cron)
     if no_retrain and retrain is None and cfg.schedule.retrain_cron:
-        cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"retrain_cron": None})})
+        cfg = derive(cfg, {"schedule.retrain_cron": None})
     if no_predict and predict is None and cfg.schedule.predict_cron:
-        cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"predict_cron": None})})
+        cfg = derive(cfg, {"schedule.predict_cron": None})
     p = plan(cfg, config, list(set_ or []), retrain, predict, input_dir, output_dir, model)
     # flow runs are subprocesses: give them absolute MLflow locations
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.tracking.tracking_uri)

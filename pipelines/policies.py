@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
+from geocnn.domains import domain_for
 from geocnn.errors import GeocnnError
 
 
@@ -27,9 +28,8 @@ IO_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": exponential_b
 
 def ingest_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Cache key of an ingest task: the content of its input files and the settings that shape the chips."""
-    from geocnn.data.fingerprint import ingest_key
-
-    return "geocnn-ingest-" + ingest_key(parameters["cfg"])
+    cfg = parameters["cfg"]
+    return "geocnn-ingest-" + domain_for(cfg).ingest_key(cfg)
 
 
 CACHED_INGEST: dict[str, Any] = {"cache_key_fn": ingest_cache_key, "persist_result": True, **IO_RETRIES}

@@ -11,13 +11,13 @@ from prefect.runtime import flow_run
 
 from geocnn.serving import batch as batches
 from geocnn.serving import watch
+from geocnn.tracking.model_uri import resolve
 from pipelines.policies import IO_RETRIES
 
 TASKS = batches.Steps(
-    resolve=task(batches.resolve, name="resolve-model", cache_policy=NO_CACHE, **IO_RETRIES),
+    resolve=task(resolve, name="resolve-model", cache_policy=NO_CACHE, **IO_RETRIES),
     discover=task(watch.discover, name="discover", cache_policy=NO_CACHE, **IO_RETRIES),
-    images=task(batches.predict_images, name="predict-images", cache_policy=NO_CACHE),  # per-file errors inside
-    scenes=task(batches.predict_scenes, name="predict-scenes", cache_policy=NO_CACHE),
+    predict=task(batches.predict_items, name="predict", cache_policy=NO_CACHE),  # per-file errors inside
     tables=task(batches.rebuild_tables, name="write-tables", cache_policy=NO_CACHE, **IO_RETRIES),
 )
 

@@ -7,8 +7,7 @@ from typing import Any
 from prefect import flow
 
 from geocnn.config import load_config
-
-EARTH_FORMATS = ("survey", "synthetic_earth")
+from pipelines.experiment import experiment_flow
 
 
 @flow(name="retrain", log_prints=True)
@@ -16,14 +15,7 @@ def retrain_flow(config: str, overrides: list[str] | None = None) -> dict[str, A
     """Retrain the experiment of ``config`` (as a subflow: ingest is cached by input content, so unchanged data is
     not re-read); every run registers a version, promoted to the champion alias only if it wins on validation."""
     cfg = load_config(config, overrides)
-    if cfg.data.format in EARTH_FORMATS:
-        from pipelines.poverty import poverty_flow
-
-        summary = poverty_flow(config, overrides, progress=False)
-    else:
-        from pipelines.galaxy import galaxy_flow
-
-        summary = galaxy_flow(config, overrides, progress=False)
+    summary = experiment_flow(config, overrides, progress=False)
     if "registered_version" in summary:
         state = "promoted to" if summary.get("promoted") == "true" else "not promoted to"
         print(f"{cfg.name}: version {summary['registered_version']} {state} {cfg.tracking.alias}: "

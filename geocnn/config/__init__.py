@@ -1,3 +1,39 @@
-"""Experiment configuration."""
-from geocnn.config.load import *  # noqa: F401,F403
-from geocnn.config.load import DATA_ENV, _format_validation, _is_section, shared_data_default  # noqa: F401
+"""Experiment configuration: pydantic sections (typos are errors), a union on the domain, YAML loading."""
+
+from geocnn.config.common import (
+                                  AugmentConfig,
+                                  ModelConfig,
+                                  OptimConfig,
+                                  ScheduleConfig,
+                                  SplitConfig,
+                                  Strict,
+                                  TrackingConfig,
+                                  TrainConfig,
+)
+from geocnn.config.earth import EARTH_FORMATS, EarthConfig, EarthData, MapsConfig, TwoStageConfig
+from geocnn.config.experiment import (
+                                  AnyExperiment,
+                                  EarthExperiment,
+                                  ExperimentBase,
+                                  ExperimentConfig,
+                                  GalaxyExperiment,
+                                  domain_of,
+)
+from geocnn.config.galaxy import GALAXY_FORMATS, GalaxyData
+from geocnn.config.load import (
+                                  DATA_ENV,
+                                  apply_overrides,
+                                  derive,
+                                  expand_env,
+                                  expand_tree,
+                                  flatten,
+                                  load_config,
+                                  shared_data_default,
+                                  validate,
+)
+
+__all__ = ["AnyExperiment", "AugmentConfig", "DATA_ENV", "EARTH_FORMATS", "EarthConfig", "EarthData",
+           "EarthExperiment", "ExperimentBase", "ExperimentConfig", "GALAXY_FORMATS", "GalaxyData",
+           "GalaxyExperiment", "MapsConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "SplitConfig", "Strict",
+           "TrackingConfig", "TrainConfig", "TwoStageConfig", "apply_overrides", "derive", "domain_of", "expand_env",
+           "expand_tree", "flatten", "load_config", "shared_data_default", "validate"]

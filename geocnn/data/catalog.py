@@ -1,9 +1,9 @@
-"""Catalog: one row per sample (id, image path, targets), validated, stored as Parquet."""
+"""Catalog: one validated row per sample for every domain (id, where its pixels are, targets, group, lat/lon)."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +11,17 @@ import pandas as pd
 from geocnn.errors import GeocnnError
 
 ID = "id"
+"""Sample id (text, unique)."""
 IMAGE = "image"
+"""Absolute path of the sample's image or tile file (absent when pixels are cut from scenes around lat/lon)."""
+GROUP = "group"
+"""Optional group (e.g. country) for grouped splits and per-group metrics; also kept under its original name."""
+LAT, LON = "lat", "lon"
+"""Optional EPSG:4326 coordinates of the sample (spatial blocks, chips from scenes, GeoJSON exports)."""
+URBAN, WEIGHT = "urban", "weight"
+"""Optional urban/rural label and survey weight."""
+RESERVED = (ID, IMAGE, GROUP, LAT, LON, URBAN, WEIGHT)
+"""Columns a reader fills itself; targets may not use these names."""
 
 
 @dataclass
@@ -19,8 +29,9 @@ class Catalog:
     """A validated table of samples.
 
     Attributes:
-        frame: one row per sample with columns ``id`` (str), ``image`` (absolute path, str),
-            the target columns and optional ``group``.
+        frame: one row per sample: ``id`` (str), ``image`` (absolute path) when pixels come from a file per
+            sample, the target columns, optional ``group``, ``lat``/``lon``, ``urban``, ``weight``, and every
+            other column of the source table under its own name.
         targets: names of the target columns, in model-output order.
         source: where the catalog came from (file or folder), for error messages.
         classes: class names when the single target is a class label (index = label), else [].
@@ -34,43 +45,6 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.frame)
 
-    def save(self, path: str | Path) -> None:
-        """Write the catalog to Parquet (atomically) with its metadata."""
-        from geocnn.atomic import atomic_path
-
-        meta = {"targets": ",".join(self.targets), "source": self.source, "classes": "\x1f".join(self.classes)}
-        frame = self.frame.copy()
-        frame.attrs = {}
-        with atomic_path(path) as tmp:
-            table = _to_table(frame, meta)
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, tmp)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Catalog":
-        """Read a catalog written by :meth:`save`."""
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if not k.startswith(b"pandas")}
-        classes = meta.get("classes", "")
-        return cls(
-            frame=table.to_pandas(),
-            targets=[t for t in meta.get("targets", "").split(",") if t],
-            source=meta.get("source", str(path)),
-            classes=classes.split("\x1f") if classes else [],
-        )
-
-
-def _to_table(frame: pd.DataFrame, meta: dict[str, str]):  # noqa: ANN202 - pyarrow type
-    import pyarrow as pa
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    merged = dict(table.schema.metadata or {})
-    merged.update({k.encode(): v.encode() for k, v in meta.items()})
-    return table.replace_schema_metadata(merged)
-
 
 def _show(value: object) -> str:
     """Repr of a cell for messages, without numpy's ``np.float64(...)`` wrapper."""
@@ -83,8 +57,6 @@ def require_columns(frame: pd.DataFrame, columns: list[str], source: str, key: s
     """Fail naming the missing columns, the file, the config key and the columns that do exist."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        import difflib
-
         available = [str(c) for c in frame.columns]
         shown = ", ".join(available[:40]) + (f", ... ({len(available) - 40} more)" if len(available) > 40 else "")
         hints = {m: difflib.get_close_matches(str(m), available, n=1) for m in missing}
@@ -146,3 +118,62 @@ def validate_ids(frame: pd.DataFrame, source: str) -> None:
             f"{source}: duplicate id {_show(frame[ID][dup].iloc[0])} at rows {rows}. Ids must be unique; "
             "remove the duplicate."
         )
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value (for readable messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _blank(values: pd.Series) -> pd.Series:
+    """True where a text cell is empty or whitespace."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return pd.Series(False, index=values.index)
+    return values.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
+
+
+
+def encode_classes(values: pd.Series, source: str, column: str) -> tuple[pd.Series, list[str]]:
+    """Encode class labels as int64 codes 0..K-1 in sorted order (numbers numerically, else as text).
+
+    Args:
+        values: the label column.
+        source: file named in errors.
+        column: column named in errors.
+
+    Returns:
+        The int64 codes (same index) and the class names as strings (index = code).
+
+    Raises:
+        GeocnnError: on a missing label, non-integer numeric labels or fewer than 2 classes.
+    """
+    missing = values.isna() | _blank(values)
+    if missing.any():
+        i = int(missing.to_numpy().nonzero()[0][0])
+        raise GeocnnError(f"{source}: row {i + 2}, column '{column}': the class label is missing. "
+                          "Fill it or drop the row.")
+    if pd.api.types.is_bool_dtype(values):
+        keys = values.astype(str)
+    else:
+        numbers = pd.to_numeric(values, errors="coerce")
+        keys = numbers if numbers.notna().all() else values.astype(str)
+    if pd.api.types.is_numeric_dtype(keys):
+        floats = keys.to_numpy(dtype=float)
+        frac = ~np.isfinite(floats) | (floats != np.round(floats))
+        if frac.any():
+            i = int(frac.nonzero()[0][0])
+            raise GeocnnError(
+                f"{source}: row {i + 2}, column '{column}': value {_plain(values.iloc[i])!r} is not a class label "
+                "(it is a non-integer number). Classification needs labels; use model.task=regression or "
+                "vote_fractions for continuous targets.")
+        keys = pd.Series(floats.astype(np.int64), index=values.index)
+    distinct = sorted(pd.unique(keys))
+    if len(distinct) < 2:
+        only = ", ".join(map(str, distinct)) or "none"
+        raise GeocnnError(f"{source}: column '{column}' holds a single class ({only}); classification needs at "
+                          "least 2 classes. Add samples of other classes or choose another target column.")
+    lookup = {k: i for i, k in enumerate(distinct)}
+    codes = keys.map(lookup).astype("int64")
+    return codes, [str(k) for k in distinct]
+
+

@@ -34,14 +34,6 @@ class ChipBatches(Dataset):
         return x, torch.from_numpy(self.targets[rows])
 
 
-def target_array(view: SplitView, task: str) -> np.ndarray:
-    """Targets of every store row: int64 class codes (N,) or float32 (N, T)."""
-    frame = view.store.index[view.store.targets]
-    if task == "classification":
-        return frame.iloc[:, 0].to_numpy(dtype=np.int64)
-    return frame.to_numpy(dtype=np.float32)
-
-
 class EpochShuffledBatches(Sampler[list[int]]):
     """Shuffled batches whose order depends only on (seed, epoch), so a training resumed at epoch e sees the same
     batches as one that never stopped. Lightning calls ``set_epoch`` before every epoch."""
@@ -72,11 +64,11 @@ def resolve_workers(setting: int | str, device: torch.device) -> int:
 class ChipDataModule(L.LightningDataModule):
     """Train/val loaders over one split of a store (test is read only by evaluation, once)."""
 
-    def __init__(self, view: SplitView, task: str, batch_size: int, eval_batch_size: int, num_workers: int = 0,
-                 seed: int = 0, pin_memory: bool = False) -> None:
+    def __init__(self, view: SplitView, targets: np.ndarray, batch_size: int, eval_batch_size: int,
+                 num_workers: int = 0, seed: int = 0, pin_memory: bool = False) -> None:
         super().__init__()
         self.view = view
-        self.targets = target_array(view, task)
+        self.targets = targets
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers

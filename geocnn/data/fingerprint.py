@@ -6,8 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from geocnn import __version__
-from geocnn.config import ExperimentConfig
 
 FULL_HASH_BYTES = 256 * 2**20
 """Files up to this size are hashed whole; larger ones by size, mtime and their first and last MiB."""
@@ -28,7 +29,8 @@ def file_digest(path: Path, h: "hashlib._Hash") -> None:
             h.update(fh.read(2**20))
 
 
-def _files(path: str | None) -> list[Path]:
+def files_under(path: str | Path | None) -> list[Path]:
+    """A file, or every (non-hidden) file under a folder; nothing for None or a missing path."""
     if not path:
         return []
     p = Path(path)
@@ -37,30 +39,11 @@ def _files(path: str | None) -> list[Path]:
     return [p] if p.exists() else []
 
 
-def input_files(cfg: ExperimentConfig) -> list[Path]:
-    """Every file ingest reads: catalog, image folder, scenes (each band of a '{band}' stack), layers, label raster."""
-    data, earth = cfg.data, cfg.earth
-    files = _files(data.catalog)
-    if data.format not in ("survey", "synthetic_earth", "synthetic"):
-        files += _files(data.images or (str(Path(data.catalog).parent) if data.catalog else None))
-    for scene in earth.scenes:
-        if "{band}" in scene:
-            files += [Path(scene.format(band=b)) for b in (earth.bands or [])]
-        else:
-            files += _files(scene)
-    for path in [*earth.layers, earth.label_raster]:
-        files += _files(path)
-    return sorted(set(files))
-
-
-def ingest_key(cfg: ExperimentConfig) -> str:
-    """The ingest cache key: data/earth settings, the geocnn version, and the content of every input file."""
+def ingest_key(settings: list[BaseModel], files: list[Path]) -> str:
+    """The ingest cache key: the settings that shape the chips, the geocnn version, and every input file's content."""
     h = hashlib.sha256()
     h.update(__version__.encode())
-    settings = {"data": cfg.data.model_dump(), "task": cfg.model.task, "split": cfg.split.model_dump()}
-    if cfg.data.format in ("survey", "synthetic_earth"):
-        settings["earth"] = cfg.earth.model_dump()
-    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    for f in input_files(cfg):
+    h.update(json.dumps([s.model_dump() for s in settings], sort_keys=True, default=str).encode())
+    for f in sorted(set(files)):
         file_digest(f, h)
     return h.hexdigest()

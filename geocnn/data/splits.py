@@ -11,29 +11,37 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from geocnn.config import SplitConfig
-from geocnn.errors import GeocnnError
 from geocnn.atomic import atomic_path
+from geocnn.config import SplitConfig
 from geocnn.data.store import ChipStore, band_stats
+from geocnn.errors import GeocnnError
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class SplitView:
-    """A store plus one split assignment and the train-only band statistics."""
+    """A store plus one split assignment (per chip, from its sample's) and the train-only band statistics."""
 
     store: ChipStore
     split: np.ndarray
+    """'train'/'val'/'test' of every chip (store row)."""
     mean: list[float]
     std: list[float]
     key: str
     fold: int | None = None
     folds: np.ndarray | None = None
+    """Cross-validation fold of every chip (None without split.folds)."""
 
     def rows(self, name: str) -> np.ndarray:
-        """Store rows of one partition (train, val or test)."""
+        """Store rows (chips) of one partition (train, val or test)."""
         return np.flatnonzero(self.split == name)
+
+    def sample_split(self) -> np.ndarray:
+        """'train'/'val'/'test' of every sample, in the store's samples() order."""
+        out = np.empty(int(self.store.sample_of_rows().max()) + 1, dtype=object)
+        out[self.store.sample_of_rows()] = self.split
+        return out
 
 
 def _counts(n: int, cfg: SplitConfig) -> tuple[int, int]:
@@ -59,8 +67,14 @@ def sample_groups(index: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:
         missing = [c for c in ("lat", "lon") if c not in index.columns]
         if missing:
             raise GeocnnError(f"split.method=blocks needs point coordinates; the catalog has no {missing} column(s). "
-                              "Use an Earth source (data.format=survey) or split.method=grouped")
-        return spatial_blocks(index["lat"].to_numpy(), index["lon"].to_numpy(), cfg.block_km)
+                              "Name the coordinate columns lat and lon (Earth: earth.lat_column/lon_column), or use "
+                              "split.method=grouped")
+        lat, lon = index["lat"].to_numpy(float), index["lon"].to_numpy(float)
+        bad = ~(np.isfinite(lat) & np.isfinite(lon))
+        if bad.any():
+            raise GeocnnError(f"split.method=blocks: sample {index['id'].iloc[int(np.flatnonzero(bad)[0])]!r} has no "
+                              f"lat/lon ({int(bad.sum())} such rows); fill the coordinates or use split.method=grouped")
+        return spatial_blocks(lat, lon, cfg.block_km)
     col = cfg.group_column or ("group" if "group" in index.columns else None)
     if not col or col not in index.columns:
         raise GeocnnError(f"split.method={cfg.method} needs split.group_column naming a catalog column; got {col!r}. "
@@ -106,7 +120,7 @@ def assign_fold(index: pd.DataFrame, cfg: SplitConfig, fold: int) -> tuple[np.nd
             continue
         out[members] = "val"
         filled += int(members.sum())
-    _check_partitions(out, cfg.model_copy(update={"test_fraction": 0.5}))
+    _check_partitions(out, cfg, need_test=True)
     return out, folds
 
 
@@ -171,9 +185,9 @@ def assign_splits(index: pd.DataFrame, cfg: SplitConfig, stratify: str | None = 
     return out
 
 
-def _check_partitions(split: np.ndarray, cfg: SplitConfig) -> None:
+def _check_partitions(split: np.ndarray, cfg: SplitConfig, need_test: bool = False) -> None:
     """Fail when train, or a requested val/test partition, came out empty (e.g. too few, too large groups)."""
-    wanted = {"train": True, "val": cfg.val_fraction > 0, "test": cfg.test_fraction > 0}
+    wanted = {"train": True, "val": cfg.val_fraction > 0, "test": need_test or cfg.test_fraction > 0}
     empty = [p for p, want in wanted.items() if want and not (split == p).any()]
     if empty:
         raise GeocnnError(f"split: partition(s) {empty} would be empty with {cfg.method} split "
@@ -182,9 +196,10 @@ def _check_partitions(split: np.ndarray, cfg: SplitConfig) -> None:
 
 
 def split_store(store: ChipStore, cfg: SplitConfig, stratify: str | None = None, fold: int | None = None) -> SplitView:
-    """Assign (or reload) the split for this store and config, with band stats from the train rows only.
+    """Assign (or reload) the split of this store's samples, and per-band statistics from the train chips only.
 
-    With ``split.folds`` set, ``fold`` picks the test fold (default 0).
+    Samples are split (a sample's chips share its partition); with ``split.folds`` set, ``fold`` picks the test
+    fold (default 0).
     """
     if cfg.folds is not None and fold is None:
         fold = 0
@@ -197,11 +212,15 @@ def split_store(store: ChipStore, cfg: SplitConfig, stratify: str | None = None,
         meta = json.loads(stats.read_text())
         folds = saved["fold"].to_numpy() if "fold" in saved.columns else None
         return SplitView(store, saved["split"].to_numpy().astype(object), meta["mean"], meta["std"], key, fold, folds)
-    folds = None
+    samples = store.samples()
+    sample_folds = None
     if fold is not None:
-        split, folds = assign_fold(store.index, cfg, fold)
+        sample_split, sample_folds = assign_fold(samples, cfg, fold)
     else:
-        split = assign_splits(store.index, cfg, stratify)
+        sample_split = assign_splits(samples, cfg, stratify)
+    codes = store.sample_of_rows()
+    split = np.asarray(sample_split, dtype=object)[codes]
+    folds = None if sample_folds is None else np.asarray(sample_folds)[codes]
     mean, std = band_stats(store.chips, np.flatnonzero(split == "train"))
     with atomic_path(table) as tmp:
         frame = pd.DataFrame({"id": store.index["id"], "split": split.astype(str)})

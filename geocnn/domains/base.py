@@ -1,197 +1,441 @@
-"""The steps of one experiment as plain functions: ingest, split, train, evaluate, export, track."""
+"""The Domain base and the one run skeleton: ingest -> split and fit -> evaluate -> export -> track -> promote.
+
+A domain supplies only what is really its own (readers, extra baselines and metrics, plots, maps, the bundle's
+preprocessing); every run of every domain takes the steps below, so the galaxy and Earth sides cannot drift.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
-from geocnn.inference.bundle import save_bundle
-from geocnn.data.catalog import Catalog
-from geocnn.config import ExperimentConfig
-from geocnn.errors import GeocnnError
-from geocnn.data.datamodule import target_array
-from geocnn.evaluation.metrics import (classification_metrics, confusion, prefix_test, regression_metrics,
-                             vote_fraction_metrics)
-from geocnn.outputs.tables import predictions_frame, write_tables
 from geocnn.atomic import atomic_path
+from geocnn.config import AnyExperiment, AugmentConfig, ModelConfig, SplitConfig, TrainConfig
+from geocnn.data.catalog import GROUP, LAT, LON, URBAN, Catalog
+from geocnn.data.chips import ChipSource, ChipSpec
+from geocnn.data.fingerprint import ingest_key
+from geocnn.data.splits import n_folds, sample_groups, split_store
+from geocnn.data.store import ChipStore
+from geocnn.evaluation.baselines import out_of_fold
+from geocnn.inference.bundle import Bundle, Preprocessing, Stage2, check_chips, load_bundle, save_bundle
+from geocnn.inference.predict import Forward
 from geocnn.models.network import GeoNet
-from geocnn.inference.predict import predict_chips
-from geocnn.data.splits import SplitView, split_store
-from geocnn.data.store import ChipStore, build_galaxy_store
-from geocnn.training.fit import FitResult, fit
+from geocnn.models.tasks import ScoreInput, Targets, TaskSpec, task_spec
+from geocnn.outputs.geojson import write_geojson_points
+from geocnn.outputs.tables import predictions_frame, write_tables
+from geocnn.tracking import registry
+from geocnn.tracking import runs as tracking
+from geocnn.tracking.model_uri import download_artifact, resolve_model
+from geocnn.tracking.pyfunc import log_bundle_model
+from geocnn.training.fit import FitResult, FitSpec, fit
+from geocnn.training.resume import checkpoint_epoch, content_key, read_state, resume_checkpoint, write_state
+
+CONTEXT = ("split", "fold", GROUP, LAT, LON, URBAN, "weight", "n_chips")
+"""Per-sample columns the predictions table carries beside the predictions (when the run has them)."""
+
+
+# ------------------------------------------------------------------------------------------------- results
+@dataclass
+class Trained:
+    """What fitting produced: the deployable network (and stage-2 head), and every sample's held-out prediction."""
+
+    net: GeoNet
+    pred: np.ndarray
+    """(samples, outputs) predictions: out of fold with split.folds, else of the one split's model for all."""
+    split: np.ndarray
+    """'train'/'val'/'test' of every sample (out-of-fold runs: all 'test')."""
+    fold: np.ndarray | None = None
+    """Test fold of every sample (cross-validation), else None."""
+    groups: np.ndarray | None = None
+    """Group (or spatial block) of every sample when the split is grouped."""
+    validation: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)
+    """Further metrics (stage 1 of two-stage transfer, chosen ridge alphas)."""
+    stage2: Stage2 | None = None
+    fits: list[FitResult] = field(default_factory=list)
+    stage1_run_id: str | None = None
+
+    @property
+    def resumed_at_epoch(self) -> int | None:
+        """The epoch a resumed training continued from (first fit that resumed), else None."""
+        return next((f.resumed_at_epoch for f in self.fits if f.resumed), None)
 
 
 @dataclass
 class Evaluation:
-    """Test metrics (``test/*`` and ``baseline/*``), predictions of every sample, and plot files."""
+    """Test metrics beside baselines, the per-sample predictions table, and plot files."""
 
     metrics: dict[str, float]
-    predictions: pd.DataFrame
+    table: pd.DataFrame
     plots: list[Path] = field(default_factory=list)
-    pred: np.ndarray | None = None
-    """Raw predictions of every store row (N, outputs), in store order."""
 
 
-def read_catalog(cfg: ExperimentConfig) -> Catalog:
-    """The catalog named by ``cfg.data`` (generating the synthetic set first when format is 'synthetic')."""
-    from geocnn.data.sources.galaxy_tables import read_galaxy_catalog
+@dataclass(frozen=True)
+class CnnPlan:
+    """How to fit and score a CNN on a store: fit settings, split, test-time views, device and batch size."""
 
-    data = cfg.data
-    if data.format == "synthetic":
-        from geocnn.synthetic.galaxies import make_galaxies
+    fit: FitSpec
+    split: SplitConfig
+    views: int
+    device: str
+    batch_size: int
 
-        folder = Path(data.store_root).parent / "synthetic" / f"n{data.synthetic_count}_s{data.synthetic_size}_seed{data.synthetic_seed}"
-        csv = folder / "catalog.csv"
-        if not csv.exists():
-            make_galaxies(folder, data.synthetic_count, data.synthetic_size, seed=data.synthetic_seed)
-        data = data.model_copy(update={"format": "csv", "catalog": str(csv), "images": str(folder),
-                                       "targets": data.targets or ["morphology"]})
-    return read_galaxy_catalog(data, cfg.model.task)
+    @classmethod
+    def of(cls, cfg: AnyExperiment) -> "CnnPlan":
+        """The plan of an experiment's own CNN."""
+        return cls(FitSpec.of(cfg), cfg.split, cfg.augment.tta_views, cfg.train.device, cfg.train.eval_batch_size)
 
-
-def ingest(cfg: ExperimentConfig, progress: bool = True) -> ChipStore:
-    """Read and validate the catalog, then build (or reuse) its chip store."""
-    catalog = read_catalog(cfg)
-    return build_galaxy_store(catalog, cfg.data.store_root, cfg.data.crop, cfg.data.chip_size, cfg.data.channels,
-                              progress=progress)
+    def stage(self, model: ModelConfig, split: SplitConfig, out: Path, train: TrainConfig | None = None,
+              augment: AugmentConfig | None = None) -> "CnnPlan":
+        """Another CNN of the same run (stage 1 of two-stage transfer): other model/split, its own folder."""
+        fs = FitSpec(model, train or self.fit.train, augment or self.fit.augment, self.fit.seed, out)
+        return CnnPlan(fs, split, self.views, self.device, self.batch_size)
 
 
-def split(store: ChipStore, cfg: ExperimentConfig) -> SplitView:
-    """Assign train/val/test (stratified on the class target by default for classification)."""
-    stratify = store.targets[0] if cfg.model.task == "classification" else None
-    view = split_store(store, cfg.split, stratify)
-    if len(view.rows("val")) == 0:  # found before any run or output is opened
-        raise GeocnnError("split: the validation partition is empty; set split.val_fraction > 0 (model selection "
-                          "uses validation, never test)")
-    return view
+# -------------------------------------------------------------------------------------------------- domain
+class Domain:
+    """What a domain supplies to the one run skeleton; the defaults fit any domain without extras."""
 
+    name = "base"
 
-def train(view: SplitView, cfg: ExperimentConfig, run_id: str | None = None, progress: bool = True) -> FitResult:
-    """Fit the model; per-epoch metrics go to the MLflow run when one is given."""
-    from geocnn.tracking.runs import EpochMetrics
+    def prepare(self, cfg: AnyExperiment) -> AnyExperiment:
+        """The config ready to run (e.g. generated inputs written and pointed at); validated, never rewritten."""
+        return cfg
 
-    return fit(view, cfg, callbacks=[EpochMetrics(run_id)] if run_id else None, progress=progress)
+    def catalog(self, cfg: AnyExperiment) -> Catalog:
+        """The experiment's catalog, targets prepared by the task spec."""
+        raise NotImplementedError
 
+    def ingest(self, cfg: AnyExperiment, progress: bool = True) -> ChipStore:
+        """Read and validate the inputs and build (or reuse) the chip store."""
+        raise NotImplementedError
 
-def observed_fractions(counts: np.ndarray, net: GeoNet) -> tuple[np.ndarray, np.ndarray]:
-    """Vote counts to fractions per question, and a mask of questions that got votes."""
-    frac = np.zeros_like(counts, dtype=np.float64)
-    mask = np.zeros_like(counts, dtype=bool)
-    for s, e, _ in net.spec.decision_tree().slices():
-        total = counts[:, s:e].sum(1, keepdims=True)
-        frac[:, s:e] = counts[:, s:e] / np.maximum(total, 1)
-        mask[:, s:e] = total > 0
-    return frac, mask
+    def input_files(self, cfg: AnyExperiment) -> list[Path]:
+        """Every file ingest reads (the ingest cache key hashes their content)."""
+        raise NotImplementedError
 
+    def ingest_sections(self, cfg: AnyExperiment) -> list[BaseModel]:
+        """The config sections that shape the chip store (and so the ingest cache key)."""
+        return [cfg.data, cfg.split, cfg.model]
 
-def truth_and_mask(view: SplitView, net: GeoNet) -> tuple[np.ndarray, np.ndarray]:
-    """Targets of every store row as scored (vote counts become fractions) and a mask of rows/outputs scored."""
-    y = target_array(view, net.spec.task)
-    if net.spec.task == "classification":
-        return y, np.ones(len(y), dtype=bool)
-    if net.spec.task == "vote_counts":
-        return observed_fractions(y, net)
-    return y.astype(np.float64), np.ones_like(y, dtype=bool)
+    def ingest_key(self, cfg: AnyExperiment) -> str:
+        """Cache key of ingest: the sections that shape the store and the content of every input file."""
+        return ingest_key(self.ingest_sections(cfg), self.input_files(cfg))
 
+    def train(self, store: ChipStore, cfg: AnyExperiment, run_id: str | None = None,
+              progress: bool = True) -> Trained:
+        """Fit the model(s) and predict every sample held out: the CNN on folds or one split."""
+        return train_cnn(store, CnnPlan.of(cfg), run_id, progress=progress)
 
-def score_rows(net: GeoNet, view: SplitView, pred: np.ndarray, rows: np.ndarray) -> dict[str, float]:
-    """The task's metrics of ``pred`` on store ``rows`` (plus the train-derived baseline), unprefixed."""
-    spec = net.spec
-    truth, mask = truth_and_mask(view, net)
-    tr = view.rows("train")
-    if spec.task == "classification":
-        return classification_metrics(truth[rows], pred[rows], spec.classes, truth[tr])
-    shown = np.where(mask, pred, 0.0)
-    if spec.task == "regression":
-        return regression_metrics(truth[rows], shown[rows], spec.targets, truth[tr].mean(0))
-    return vote_fraction_metrics(truth[rows], shown[rows], spec.targets, truth[tr].mean(0), spec.decision_tree())
+    def promotion_metric(self, cfg: AnyExperiment) -> str:
+        """The default validation metric deciding promotion."""
+        return task_spec(cfg.model.task).promotion_metric
 
-
-def validation_metrics(net: GeoNet, view: SplitView, pred: np.ndarray) -> dict[str, float]:
-    """``validation/*``: the chosen model scored on the validation split (what promotion compares; never test)."""
-    val = view.rows("val")
-    if len(val) == 0:
+    def baselines(self, store: ChipStore, samples: pd.DataFrame, y: np.ndarray, folds: np.ndarray,
+                  groups: np.ndarray | None, cfg: AnyExperiment) -> dict[str, np.ndarray]:
+        """Domain baselines (name -> (samples, outputs) predictions) on the same folds as the model."""
         return {}
-    return {f"validation/{k}": v for k, v in score_rows(net, view, pred, val).items()
-            if not k.startswith("baseline/")}
+
+    def extra_metrics(self, truth: np.ndarray, predictions: dict[str, np.ndarray], spec: TaskSpec,
+                      targets: Targets) -> dict[str, float]:
+        """Further metrics of the scored samples (e.g. the poorer half of survey clusters)."""
+        return {}
+
+    def plots(self, store: ChipStore, table: pd.DataFrame, y: np.ndarray, pred: np.ndarray, scored: np.ndarray,
+              spec: TaskSpec, targets: Targets, cfg: AnyExperiment) -> list[Path]:
+        """Domain plots beside the task's own (``y``, ``pred`` and ``scored`` are per sample)."""
+        return []
+
+    def preprocessing(self, store: ChipStore, trained: Trained, cfg: AnyExperiment) -> Preprocessing:
+        """What the bundle records about inputs and outputs."""
+        net = trained.net.spec
+        return Preprocessing(domain=cfg.domain, chips=store.spec, bands=store.bands, dtype=store.meta["dtype"],
+                             mean=list(net.mean), std=list(net.std), tta_views=cfg.augment.tta_views,
+                             task=net.task, targets=list(net.targets), classes=list(net.classes),
+                             stage2=trained.stage2)
+
+    def outputs(self, trained: Trained, evaluation: Evaluation, store: ChipStore, cfg: AnyExperiment,
+                bundle: Path) -> dict[str, Path]:
+        """Domain outputs beside tables and bundle (maps)."""
+        return {}
+
+    def report_keys(self, cfg: AnyExperiment) -> list[str]:
+        """Predictors shown side by side in run summaries (model first)."""
+        return ["test", "baseline"]
+
+    watch_patterns: tuple[str, ...] = ()
+
+    def predict_batch_size(self, cfg: AnyExperiment) -> int:
+        """Batch size of scheduled prediction runs."""
+        return cfg.train.eval_batch_size
+
+    def map_stride(self, cfg: AnyExperiment) -> int | None:
+        """Window stride of maps made by scheduled prediction runs (None: half a window)."""
+        return None
+    """File patterns a watch folder picks up for this domain's models."""
+
+    def predict_files(self, bundle: Bundle, ids: list[str], files: list[Path], out_dir: Path, batch_size: int = 64,
+                      device: str = "auto", stride_px: int | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
+        """Predict new files with a bundle: a table row per file (id = ``ids``), and the failures (id -> error).
+
+        Default: each file is one sample cut into chips as in training; an unreadable file fails alone.
+        """
+        pre = bundle.preprocessing
+        rows: list[np.ndarray] = []
+        ok: list[int] = []
+        failures: dict[str, str] = {}
+        with ChipSource(pre.chips, "watch folder") as src:
+            for i, path in enumerate(files):
+                try:
+                    chips = np.stack([c.pixels for c in src.make({"id": ids[i], "image": str(path)})])
+                    check_chips(pre, chips.shape, str(path))
+                except Exception as exc:  # noqa: BLE001 - any unreadable file is that file's failure, not the batch's
+                    failures[ids[i]] = f"{type(exc).__name__}: {exc}"
+                    continue
+                rows.append(chips)
+                ok.append(i)
+        if not ok:
+            return pd.DataFrame(), failures
+        pred = bundle_forward(bundle, device)(np.concatenate(rows), batch_size=batch_size)
+        spec, targets = output_task(bundle)
+        frame = predictions_frame(np.array([ids[i] for i in ok]), pred, spec, targets)
+        frame.insert(1, "file", [str(files[i]) for i in ok])
+        return frame, failures
 
 
-def evaluate(net: GeoNet, view: SplitView, cfg: ExperimentConfig, out: Path | None = None) -> Evaluation:
-    """Predict every sample (with TTA), score the test split once against train-derived baselines, score the
-    validation split for promotion, draw plots."""
-    from geocnn.evaluation.plots import plot_confusion, plot_montage, plot_pred_vs_true
-
-    out = out or cfg.out
-    spec = net.spec
-    store = view.store
-    pred = predict_chips(net, store.chips, None, cfg.train.eval_batch_size, cfg.augment.tta_views, cfg.train.device)
-    truth, mask = truth_and_mask(view, net)
-    test = view.rows("test")
-    plots: list[Path] = []
-    m = score_rows(net, view, pred, test)
-    if spec.task == "classification":
-        cm = confusion(truth[test], pred[test].argmax(1), len(spec.classes))
-        plots.append(plot_confusion(cm, spec.classes, out / "plots" / "confusion_matrix.png"))
-        titles = [f"true: {spec.classes[a]}\npred: {spec.classes[b]} ({p:.2f})"
-                  for a, b, p in zip(truth[test], pred[test].argmax(1), pred[test].max(1))]
-    else:
-        shown = np.where(mask, pred, 0.0)
-        plots.append(plot_pred_vs_true(truth[test], shown[test], spec.targets, out / "plots" / "pred_vs_true.png"))
-        names = spec.targets[:2]
-        titles = ["\n".join(f"{n[:14]} {truth[i, j]:.2f}/{shown[i, j]:.2f}" for j, n in enumerate(names)) for i in test]
-    k = min(len(test), 32)
-    plots.append(plot_montage(np.asarray(store.chips[np.sort(test)[:k]]), titles[:k], out / "plots" / "test_montage.png"))
-    truth_frame = store.index[spec.targets]
-    frame = predictions_frame(store.index["id"].to_numpy(), pred, spec, view.split, truth_frame)
-    metrics = prefix_test(m)
-    metrics["test/n"] = float(len(test))
-    metrics.update(validation_metrics(net, view, pred))
-    return Evaluation(metrics=metrics, predictions=frame, plots=plots, pred=pred)
+def output_task(bundle: Bundle) -> tuple[TaskSpec, Targets]:
+    """What a bundle's predictions are: its network's task, or the stage-2 regression of a two-stage model."""
+    pre = bundle.preprocessing
+    if pre.stage2 is not None:
+        return task_spec("regression"), Targets([pre.stage2.target], [])
+    return task_spec(pre.task), bundle.net.spec.target_info
 
 
-def export(evaluation: Evaluation, net: GeoNet, cfg: ExperimentConfig, store: ChipStore) -> dict[str, Path]:
-    """Write metrics.json, the prediction tables and the bundle into output_dir (each write atomic)."""
+def bundle_forward(bundle: Bundle, device: str = "auto", views: int | None = None) -> Forward:
+    """The forward loop of a bundle: its views (or ``views``) and its stage-2 head."""
+    return Forward(bundle.net, bundle.tta_views if views is None else views, device, head=bundle.stage2)
+
+
+def predict_catalog(bundle: Bundle, catalog: Catalog, batch_size: int = 64, device: str = "auto",
+                    views: int | None = None, scenes: list[str] | None = None, progress: bool = False,
+                    chunk: int = 1024) -> pd.DataFrame:
+    """Predict every catalog row with a bundle: chips cut as in training (files, or windows of the bundle's scenes
+    or ``scenes`` around each point), through the bundle's forward loop, averaged over each sample's chips.
+
+    Chips with more nodata than the bundle allows are left out; a sample with none left gets NaN.
+    """
+    pre = bundle.preprocessing
+    spec = pre.chips if not scenes else ChipSpec.model_validate({**pre.chips.model_dump(), "scenes": list(scenes)})
+    forward = bundle_forward(bundle, device, views)
+    rows = catalog.frame.to_dict("records")
+    pred = np.full((len(rows), forward.width), np.nan)
+    with ChipSource(spec, catalog.source) as src:
+        for start in range(0, len(rows), chunk):
+            chips, owner = [], []
+            for i in range(start, min(start + chunk, len(rows))):
+                for chip in src.make(rows[i]):
+                    if spec.max_nodata_fraction is None or chip.nodata <= spec.max_nodata_fraction:
+                        chips.append(chip.pixels)
+                        owner.append(i)
+            if not chips:
+                continue
+            stacked = np.stack(chips)
+            check_chips(pre, stacked.shape, catalog.source)
+            values = forward(stacked, batch_size=batch_size, progress=progress)
+            owner_arr = np.asarray(owner)
+            for i in np.unique(owner_arr):
+                pred[i] = values[owner_arr == i].mean(0)
+    forward.release()
+    task, targets = output_task(bundle)
+    context = catalog.frame[[c for c in (LAT, LON, GROUP) if c in catalog.frame.columns]]
+    return predictions_frame(catalog.frame["id"].to_numpy(), pred, task, targets, context)
+
+
+# ------------------------------------------------------------------------------------------------- fitting
+def epoch_logger(run_id: str | None, prefix: str = "") -> list[L.Callback] | None:
+    """The MLflow per-epoch metric logger of a run (keys prefixed, e.g. 'fold2/')."""
+    return [tracking.EpochMetrics(run_id, prefix)] if run_id else None
+
+
+def targets_of(store: ChipStore, model: ModelConfig) -> tuple[TaskSpec, Targets]:
+    """The task spec and target description of a store trained under ``model``."""
+    return task_spec(model.task), Targets(store.targets, store.classes, model.sigmoid)
+
+
+def train_cnn(store: ChipStore, plan: CnnPlan, run_id: str | None = None, prefix: str = "",
+              progress: bool = True) -> Trained:
+    """Fit the CNN on the split (or on each fold of split.folds) and predict the held-out samples.
+
+    One split: the model predicts every sample (train, val and test rows are all in the table; test is scored).
+    Folds: each fold's model predicts its test fold, so every sample is predicted once out of fold. Validation
+    metrics (promotion) are the task's metrics on each split's validation samples, averaged over folds.
+    """
+    spec, targets = targets_of(store, plan.fit.model)
+    samples = store.samples()
+    codes = store.sample_of_rows()
+    y = spec.target_array(samples, targets)
+    stratify = store.targets[0] if spec.stratify else None
+    k = n_folds(samples, plan.split)
+    pred = np.full((len(samples), spec.n_outputs(targets)), np.nan)
+    split = np.full(len(samples), "test", dtype=object)
+    fold = np.full(len(samples), -1) if k else None
+    fits: list[FitResult] = []
+    validation: list[dict[str, float]] = []
+    net = None
+    for f in range(k) if k else [None]:
+        view = split_store(store, plan.split, stratify, fold=f)
+        out = plan.fit.out if f is None else plan.fit.out / f"fold{f}"
+        fs = FitSpec(plan.fit.model, plan.fit.train, plan.fit.augment, plan.fit.seed, out)
+        result = fit(view, fs, epoch_logger(run_id, prefix + ("" if f is None else f"fold{f}/")), progress)
+        fits.append(result)
+        rows = np.flatnonzero(np.isin(view.split, ["test", "val"])) if f is not None else np.arange(len(codes))
+        forward = Forward(result.net, plan.views, plan.device)
+        chip_pred = np.full((len(codes), pred.shape[1]), np.nan)
+        chip_pred[rows] = forward(store.chips, rows, plan.batch_size)
+        result.net = forward.release()
+        by_sample = _sample_means(chip_pred, codes, len(samples))
+        part = view.sample_split()
+        if f is None:
+            pred, split = by_sample, part
+        else:
+            pred[part == "test"] = by_sample[part == "test"]
+            fold[part == "test"] = f
+        val = part == "val"
+        if val.any():
+            scores = spec.score(ScoreInput(y[val], {"validation": by_sample[val]}), targets)
+            validation.append({k_: v for k_, v in scores.items() if np.isfinite(v)})
+        if net is None:
+            net = result.net
+    assert net is not None
+    keys = set().union(*validation) if validation else set()
+    mean_val = {key: float(np.mean([v[key] for v in validation if key in v])) for key in sorted(keys)}
+    groups = sample_groups(samples, plan.split) if plan.split.method in ("grouped", "blocks") else None
+    return Trained(net=net, pred=pred, split=split, fold=fold, groups=groups, validation=mean_val, fits=fits)
+
+
+def _sample_means(chip_values: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
+    """Chip values averaged per sample (NaN where a sample's chips were not predicted)."""
+    sums = np.zeros((n, chip_values.shape[1]))
+    counts = np.zeros(n)
+    ok = np.isfinite(chip_values).all(axis=1)
+    np.add.at(sums, codes[ok], chip_values[ok])
+    np.add.at(counts, codes[ok], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = sums / counts[:, None]
+    out[counts == 0] = np.nan
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def held_out_metrics(trained: Trained, y: np.ndarray, spec: TaskSpec, targets: Targets,
+                     extra: dict[str, np.ndarray] | None = None, groups: np.ndarray | None = None,
+                     by: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Metrics of the held-out samples (test split, or every sample out of fold) for the model and its baselines.
+
+    The train-derived baseline (majority class, train mean) is fitted per fold on the samples outside it (a single
+    split: its train and val samples), exactly as the model; domain baselines in ``extra`` are scored beside it.
+
+    Returns:
+        The flat metrics (``test/...``, ``baseline/...``, ``test/n``) and every predictor's per-sample predictions.
+    """
+    scored = trained.split == "test"
+    folds = trained.fold if trained.fold is not None else np.where(scored, 0, -1)
+    predictions = {"test": trained.pred,
+                   "baseline": out_of_fold(lambda tr, te: spec.baseline(y[tr], int(te.sum()), targets), folds),
+                   **(extra or {})}
+    held_out = {name: p[scored] for name, p in predictions.items()}
+    metrics = spec.score(ScoreInput(y[scored], held_out, None if groups is None else groups[scored],
+                                    None if by is None else by[scored], URBAN), targets)
+    metrics["test/n"] = float(scored.sum())
+    return metrics, predictions
+
+
+def evaluate(trained: Trained, store: ChipStore, cfg: AnyExperiment, domain: Domain) -> Evaluation:
+    """Score the held-out samples once beside the baselines (same folds), build the table, draw the plots."""
+    spec, targets = targets_of(store, cfg.model)
+    samples = store.samples()
+    samples["n_chips"] = np.bincount(store.sample_of_rows(), minlength=len(samples))
+    y = spec.target_array(samples, targets)
+    scored = trained.split == "test"
+    folds = trained.fold if trained.fold is not None else np.where(scored, 0, -1)
+    groups = samples[GROUP].astype(str).to_numpy() if GROUP in samples.columns else None
+    by = samples[URBAN].to_numpy() if URBAN in samples.columns else None
+    extra = domain.baselines(store, samples, y, folds, trained.groups, cfg)
+    metrics, predictions = held_out_metrics(trained, y, spec, targets, extra, groups, by)
+    metrics.update(domain.extra_metrics(y[scored], {n: p[scored] for n, p in predictions.items()}, spec, targets))
+    metrics.update(trained.validation)
+    metrics.update(trained.extra)
+    context = samples.assign(split=trained.split)
+    if trained.fold is not None:
+        context["fold"] = trained.fold
+    context = context[[c for c in CONTEXT if c in context.columns]]
+    table = predictions_frame(samples["id"].to_numpy(), trained.pred, spec, targets, context, y,
+                              {n: p for n, p in predictions.items() if n != "test"})
+    plots = [spec.plot(y[scored], trained.pred[scored], targets, cfg.out / "plots",
+                       groups=None if groups is None else groups[scored])]
+    plots += domain.plots(store, table, y, trained.pred, scored, spec, targets, cfg)
+    return Evaluation(metrics=metrics, table=table, plots=plots)
+
+
+# -------------------------------------------------------------------------------------------------- export
+def export(trained: Trained, evaluation: Evaluation, store: ChipStore, cfg: AnyExperiment,
+           domain: Domain) -> dict[str, Path]:
+    """Write metrics.json, the prediction tables (+ GeoJSON with coordinates), the bundle and the domain's outputs."""
     out = cfg.out
     paths: dict[str, Path] = {}
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(evaluation.metrics, indent=2, sort_keys=True))
     paths["metrics"] = out / "metrics.json"
-    for p in write_tables(evaluation.predictions, out):
+    for p in write_tables(evaluation.table, out):
         paths[f"predictions_{p.suffix[1:]}"] = p
-    pre = {"kind": "galaxy", **store.meta["params"], "bands": store.meta["bands"], "dtype": store.meta["dtype"]}
-    paths["bundle"] = save_bundle(net, out / "bundle", pre, cfg.augment.tta_views,
+    if {LAT, LON} <= set(evaluation.table.columns) and evaluation.table[LAT].notna().any():
+        paths["predictions_geojson"] = write_geojson_points(evaluation.table, out / "predictions.geojson")
+    pre = domain.preprocessing(store, trained, cfg)
+    paths["bundle"] = save_bundle(trained.net, out / "bundle", pre,
                                   extra={"experiment": cfg.name, "store_key": store.meta["key"]})
+    paths.update(domain.outputs(trained, evaluation, store, cfg, paths["bundle"]))
     return paths
 
 
-def track(run_id: str, cfg: ExperimentConfig, evaluation: Evaluation, paths: dict[str, Path],
-          view: SplitView) -> dict[str, str]:
-    """Log test and validation metrics, plots, tables and the bundle model to the run; register a version and
-    promote it to the champion alias only if it beats the current one on validation."""
-    from geocnn.tracking import registry, runs as tracking
-
+# ------------------------------------------------------------------------------------------------ tracking
+def track(run_id: str, trained: Trained, evaluation: Evaluation, paths: dict[str, Path], store: ChipStore,
+          cfg: AnyExperiment, domain: Domain) -> dict[str, str]:
+    """Log metrics, plots, tables, maps and the bundle model to the run; register a version and promote it to the
+    champion alias only if it beats the current one on validation (same split definition, or rescored)."""
     name = cfg.tracking.model_name(cfg.name)
+    default = domain.promotion_metric(cfg)
     if name:
-        registry.check_metric(cfg, evaluation.metrics)
+        registry.check_metric(cfg.tracking, default, evaluation.metrics)
     tracking.log_metrics(run_id, evaluation.metrics)
     tracking.log_artifacts(run_id, evaluation.plots, "plots")
-    tracking.log_artifacts(run_id, [paths["metrics"], paths["predictions_csv"], paths["predictions_parquet"]],
-                           "predictions")
-    frame = evaluation.predictions
-    signature = registry.split_signature(frame["id"].to_numpy(), frame["split"].to_numpy())
+    tracking.log_artifacts(run_id, [paths[k] for k in ("metrics", "predictions_csv", "predictions_parquet",
+                                                       "predictions_geojson") if k in paths], "predictions")
+    maps = [p for k, p in paths.items() if k.startswith("map_")]
+    if maps:
+        tracking.log_artifacts(run_id, maps, "maps")
+    table = evaluation.table
+    labels = table["fold"] if "fold" in table.columns else table["split"]
+    signature = registry.split_signature(table["id"].to_numpy(), labels.astype(str).to_numpy())
     tracking.set_tags(run_id, {registry.SPLIT_TAG: signature})
-    example = np.asarray(view.store.chips[:2])
-    info = tracking.log_bundle_model(run_id, paths["bundle"], example, name)
+    example = np.nan_to_num(np.asarray(store.chips[:2]))
+    if trained.stage1_run_id:
+        tracking.end_run(trained.stage1_run_id)
+    info = log_bundle_model(run_id, paths["bundle"], example, name)
     result = {"model_uri": info.model_uri}
     version = getattr(info, "registered_model_version", None)
     if name and version is not None:
         result["registered_version"] = str(version)
-        decision = registry.promote(tracking.client(), cfg, name, str(version), run_id, evaluation.metrics, signature,
-                                    champion_rescore(cfg, name, view, evaluation, paths["bundle"]))
+        rescore = champion_rescore(cfg, name, store, trained, evaluation, paths["bundle"], default)
+        decision = registry.promote(tracking.client(), cfg.tracking, default, name, str(version), run_id,
+                                    evaluation.metrics, signature, rescore)
         result["promotion"] = decision.reason
         result["promoted"] = str(decision.promoted).lower()
     tracking.end_run(run_id)
@@ -199,53 +443,54 @@ def track(run_id: str, cfg: ExperimentConfig, evaluation: Evaluation, paths: dic
     return result
 
 
-def champion_rescore(cfg: ExperimentConfig, name: str, view: SplitView, evaluation: Evaluation,
-                     bundle_dir: Path) -> "registry.Rescore":  # noqa: F821
-    """When the data changed since the champion was trained: score both models on this run's validation rows that
-    the champion never trained on (its split is read from its logged predictions table)."""
-
-    def rescore(version: str) -> object:
-        import mlflow
-
-        from geocnn.tracking import registry, runs as tracking
-        from geocnn.inference.bundle import load_bundle, resolve_model
-
-        client = tracking.client()
+def champion_rescore(cfg: AnyExperiment, name: str, store: ChipStore, trained: Trained, evaluation: Evaluation,
+                     bundle_dir: Path, default_metric: str) -> registry.Rescore | None:
+    """When the data changed since the champion was trained: score both models on this run's validation samples
+    the champion never trained on (its split is read from its logged predictions table). One-split runs only."""
+    if trained.fold is not None or trained.stage2 is not None:
+        return None
+    def rescore(version: str) -> registry.Comparison | None:
         try:
-            mv = client.get_model_version(name, version)
-            table = mlflow.artifacts.download_artifacts(run_id=mv.run_id,
-                                                        artifact_path="predictions/predictions.parquet")
+            table = download_artifact(name, version, "predictions/predictions.parquet")
             champion = load_bundle(resolve_model(f"models:/{name}/{version}"))
         except Exception:  # noqa: BLE001 - an old or foreign champion: not comparable
             return None
         candidate = load_bundle(bundle_dir)
-        store = view.store
-        same_input = all(champion.preprocessing.get(k) == v for k, v in store.meta["params"].items())
-        same_output = (champion.spec.targets == candidate.spec.targets and champion.spec.classes ==
-                       candidate.spec.classes and champion.spec.task == candidate.spec.task)
-        if not (same_input and same_output and champion.preprocessing.get("bands") == store.meta["bands"]):
+        same = (champion.preprocessing.chips == candidate.preprocessing.chips
+                and champion.preprocessing.bands == candidate.preprocessing.bands
+                and champion.preprocessing.output_names == candidate.preprocessing.output_names
+                and champion.preprocessing.classes == candidate.preprocessing.classes
+                and champion.preprocessing.task == candidate.preprocessing.task)
+        if not same:
             return None
         seen = pd.read_parquet(table, columns=["id", "split"])
-        trained = set(seen.loc[seen["split"] == "train", "id"].astype(str))
-        ids = store.index["id"].astype(str).to_numpy()
-        rows = np.array([r for r in view.rows("val") if ids[r] not in trained], dtype=int)
+        trained_on = set(seen.loc[seen["split"] == "train", "id"].astype(str))
+        ids = evaluation.table["id"].astype(str).to_numpy()
+        rows = np.flatnonzero((trained.split == "val") & ~np.isin(ids, list(trained_on)))
         if len(rows) < cfg.tracking.min_common_rows:
             return None
-        pred = np.zeros_like(evaluation.pred)
-        pred[rows] = predict_chips(champion.net, store.chips, rows, cfg.train.eval_batch_size, champion.tta_views,
-                                   cfg.train.device)
-        key = registry.promotion_metric(cfg).removeprefix("validation/")
-        ours = score_rows(candidate.net, view, evaluation.pred, rows).get(key)
-        theirs = score_rows(candidate.net, view, pred, rows).get(key)
-        if ours is None or theirs is None:
+        spec, targets = targets_of(store, cfg.model)
+        codes = store.sample_of_rows()
+        chip_rows = np.flatnonzero(np.isin(codes, rows))
+        theirs_chips = np.full((len(codes), trained.pred.shape[1]), np.nan)
+        theirs_chips[chip_rows] = Forward(champion.net, champion.tta_views, cfg.train.device)(
+            store.chips, chip_rows, cfg.train.eval_batch_size)
+        theirs = _sample_means(theirs_chips, codes, len(ids))
+        y = spec.target_array(store.samples(), targets)
+        scores = spec.score(ScoreInput(y[rows], {"validation": trained.pred[rows], "champion": theirs[rows]}), targets)
+        metric = registry.promotion_metric(cfg.tracking, default_metric)
+        key = metric.removeprefix("validation/")
+        ours, other = scores.get(f"validation/{key}"), scores.get(f"champion/{key}")
+        if ours is None or other is None:
             return None
-        return registry.Comparison(ours, theirs, len(rows), f"{len(rows)} validation rows the champion never "
-                                                             "trained on (the data changed since it was trained)")
+        return registry.Comparison(ours, other, len(rows), f"{len(rows)} validation rows the champion never "
+                                                           "trained on (the data changed since it was trained)")
 
     return rescore
 
 
-def open_run(cfg: ExperimentConfig) -> str | None:
+# ----------------------------------------------------------------------------------------------- run state
+def open_run(cfg: AnyExperiment) -> str | None:
     """Start the MLflow run, or reopen the one an interrupted run of the same command left unfinished.
 
     A run killed or failed before it finished is continued by the next run of the same config in the same
@@ -254,56 +499,76 @@ def open_run(cfg: ExperimentConfig) -> str | None:
     """
     if not cfg.tracking.enabled:
         return None
-    from geocnn.tracking import runs as tracking
-    from geocnn.training.fit import checkpoint_epoch, config_key, read_state, resume_checkpoint, same_command, write_state
-
     state = read_state(cfg.out)
+    key = config_key(cfg)
     previous = None
-    if cfg.train.resume and state.get("run_id") and not state.get("run_finished", False) and same_command(cfg):
+    if cfg.train.resume and state.get("run_id") and not state.get("run_finished", False) \
+            and state.get("config") in (None, key):
         previous = state["run_id"]
-    ckpt = resume_checkpoint(cfg)
+    last = resume_checkpoint(cfg.out, state.get("fit_key", ""), cfg.train.resume) if previous else None
     run_id = tracking.start_run(cfg, resume_run_id=previous,
-                                resumed_at_epoch=checkpoint_epoch(ckpt) + 1 if ckpt else None)
-    write_state(cfg.out, run_id=run_id, run_finished=False, config=config_key(cfg))
+                                resumed_at_epoch=checkpoint_epoch(last) + 1 if last else None)
+    write_state(cfg.out, run_id=run_id, run_finished=False, config=key)
     return run_id
 
 
-def finish_run(cfg: ExperimentConfig) -> None:
-    """Record that output_dir's run finished: the next run of the command starts a new one."""
-    from geocnn.training.fit import write_state
+def config_key(cfg: AnyExperiment) -> str:
+    """A hash of the resolved config: only a rerun of the same command reopens an unfinished MLflow run."""
+    return content_key(cfg.model_dump(mode="json"))
 
+
+def finish_run(cfg: AnyExperiment) -> None:
+    """Record that output_dir's run finished: the next run of the command starts a new one."""
     write_state(cfg.out, run_finished=True)
 
 
 def fail_run(run_id: str | None) -> None:
     """Mark the run FAILED (the next run of the same command resumes it)."""
     if run_id:
-        from geocnn.tracking import runs as tracking
-
         tracking.end_run(run_id, "FAILED")
 
 
-def summary(cfg: ExperimentConfig, evaluation: Evaluation, paths: dict[str, Path], run_id: str | None,
-            tracked: dict[str, str], fitted: FitResult | None = None) -> dict[str, object]:
+def summary(evaluation: Evaluation, paths: dict[str, Path], run_id: str | None, tracked: dict[str, str],
+            trained: Trained, store: ChipStore) -> dict[str, Any]:
     """What a finished experiment reports: metrics, output paths, run id, model URI, whether it resumed."""
-    out = {"metrics": evaluation.metrics, "outputs": {k: str(v) for k, v in paths.items()}, "run_id": run_id,
-           **tracked}
-    if fitted is not None and fitted.resumed:
-        out["resumed_at_epoch"] = fitted.resumed_at_epoch
+    out: dict[str, Any] = {"metrics": evaluation.metrics, "outputs": {k: str(v) for k, v in paths.items()},
+                           "run_id": run_id, "samples": len(evaluation.table), "store": str(store.root),
+                           "store_key": store.meta["key"], **tracked}
+    if trained.resumed_at_epoch is not None:
+        out["resumed_at_epoch"] = trained.resumed_at_epoch
     return out
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, object]:
-    """The whole experiment without Prefect: ingest -> split -> train -> evaluate -> export -> track."""
-    store = ingest(cfg, progress)
-    view = split(store, cfg)
+@dataclass
+class Steps:
+    """The skeleton's steps (plain functions here; the Prefect flow passes tasks wrapping the same functions)."""
+
+    ingest: Callable[..., ChipStore]
+    train: Callable[..., Trained]
+    evaluate: Callable[..., Evaluation] = evaluate
+    export: Callable[..., dict[str, Path]] = export
+    track: Callable[..., dict[str, str]] = track
+
+
+def run_experiment(cfg: AnyExperiment, domain: Domain, progress: bool = True,
+                   steps: Steps | None = None) -> dict[str, Any]:
+    """The whole experiment of any domain: ingest -> split and fit -> evaluate -> export -> track and promote.
+
+    The MLflow run is opened after ingest (bad input fails before any run exists) and marked FAILED when a later
+    step fails; rerunning the same command resumes it.
+    """
+    cfg = domain.prepare(cfg)
+    steps = steps or Steps(domain.ingest, domain.train)
+    store = steps.ingest(cfg, progress=progress)
     run_id = open_run(cfg)
     try:
-        result = train(view, cfg, run_id, progress)
-        evaluation = evaluate(result.net, view, cfg)
-        paths = export(evaluation, result.net, cfg, store)
-        tracked = track(run_id, cfg, evaluation, paths, view) if run_id else {}
+        trained = steps.train(store, cfg, run_id, progress=progress)
+        evaluation = steps.evaluate(trained, store, cfg, domain)
+        paths = steps.export(trained, evaluation, store, cfg, domain)
+        tracked = steps.track(run_id, trained, evaluation, paths, store, cfg, domain) if run_id else {}
     except BaseException:
         fail_run(run_id)
         raise
-    return summary(cfg, evaluation, paths, run_id, tracked, result)
+    if not run_id:
+        finish_run(cfg)
+    return summary(evaluation, paths, run_id, tracked, trained, store)

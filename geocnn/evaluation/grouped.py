@@ -54,3 +54,19 @@ def score_table(frame: pd.DataFrame, target: str, prediction: str, group: str | 
         result["by_worst"] = {k: float(min(v[k] for v in per.values() if k in v))
                               for k in ("r2", "pearson_r", "pearson_r2") if any(k in v for v in per.values())}
     return result
+
+
+def score_columns(frame: pd.DataFrame, target: str, columns: dict[str, str], group: str | None,
+                  by: str | None) -> dict[str, float]:
+    """Flat metrics of several prediction columns: ``<name>/r2``, ``<name>/pearson_r2``, ..., per-group means
+    (``<name>/group_mean/...``) and the worst value of ``by`` (``<name>/worst_<by>/...``)."""
+    out: dict[str, float] = {}
+    for name, col in columns.items():
+        s = score_table(frame, target, col, group, by)
+        for k, v in s["pooled"].items():
+            out[f"{name}/{k}"] = float(v)
+        for k, v in s.get("group_mean", {}).items():
+            out[f"{name}/group_mean/{k}"] = float(v)
+        for k, v in s.get("by_worst", {}).items():
+            out[f"{name}/worst_{by}/{k}"] = float(v)
+    return out

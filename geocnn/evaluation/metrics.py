@@ -47,7 +47,7 @@ def _as_2d(name: str, arr: np.ndarray) -> np.ndarray:
 
 
 def _check_targets(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[str],
-                   train_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   train_mean: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Validate (N, T) truth/prediction, T target names and a (T,) train mean; return them as float arrays."""
     yt, yp = _as_2d("y_true", y_true), _as_2d("y_pred", y_pred)
     if yt.shape != yp.shape:
@@ -57,6 +57,8 @@ def _check_targets(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[str
     n_targets = yt.shape[1]
     if len(targets) != n_targets:
         raise ValueError(f"{len(targets)} target names for y_true shape {np.shape(y_true)} ({n_targets} columns)")
+    if train_mean is None:
+        return yt, yp, None
     mean = np.asarray(train_mean, dtype=np.float64).reshape(-1)
     if mean.shape != (n_targets,):
         raise ValueError(f"train_mean shape {np.shape(train_mean)} does not match the {n_targets} target "
@@ -85,14 +87,15 @@ def _rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------------------------- classification
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str],
-                           train_labels: np.ndarray) -> dict[str, float]:
+                           train_labels: np.ndarray | None = None) -> dict[str, float]:
     """Classification test metrics and the majority-class baseline.
 
     Args:
         y_true: integer labels in ``[0, K)``, shape (N,).
         proba: class probabilities, shape (N, K); rows are renormalised to sum to 1 (float32 softmax drift).
         classes: the K class names, in column order of ``proba``.
-        train_labels: integer labels of the TRAINING split; the baseline always predicts its majority class
+        train_labels: integer labels of the TRAINING split (None: no baseline keys); the baseline always predicts
+            its majority class
             (ties go to the lowest class index).
 
     Returns:
@@ -108,7 +111,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     """
     y = np.asarray(y_true)
     p = np.asarray(proba, dtype=np.float64)
-    train = np.asarray(train_labels)
+    train = np.asarray(train_labels if train_labels is not None else y)
     n_classes = len(classes)
     if y.ndim != 1 or p.ndim != 2 or p.shape[0] != y.shape[0]:
         raise ValueError(f"y_true shape {y.shape} and proba shape {p.shape} must be (N,) and (N, K)")
@@ -149,11 +152,12 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
         for name, r in zip(classes, recalls, strict=True):
             out[f"recall/{name}"] = r
 
-        majority = int(np.bincount(train, minlength=n_classes).argmax())
-        base_pred = np.full_like(y, majority)
-        out[f"{BASELINE}accuracy"] = accuracy_score(y, base_pred)
-        out[f"{BASELINE}balanced_accuracy"] = balanced_accuracy_score(y, base_pred)
-    if "roc_auc" in out:
+        if train_labels is not None:
+            majority = int(np.bincount(train, minlength=n_classes).argmax())
+            base_pred = np.full_like(y, majority)
+            out[f"{BASELINE}accuracy"] = accuracy_score(y, base_pred)
+            out[f"{BASELINE}balanced_accuracy"] = balanced_accuracy_score(y, base_pred)
+    if "roc_auc" in out and train_labels is not None:
         out[f"{BASELINE}roc_auc"] = 0.5
     return _finite_only(out)
 
@@ -182,14 +186,15 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
 
 # ------------------------------------------------------------------------------------------------ regression
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, targets: list[str],
-                       train_mean: np.ndarray) -> dict[str, float]:
+                       train_mean: np.ndarray | None = None) -> dict[str, float]:
     """Regression test metrics and the predict-the-training-mean baseline.
 
     Args:
         y_true: observed values, shape (N, T) (a 1-D array is taken as T=1).
         y_pred: predictions, same shape as ``y_true``.
         targets: the T target column names.
-        train_mean: per-target mean of the TRAINING split, shape (T,); the baseline predicts it for every row.
+        train_mean: per-target mean of the TRAINING split, shape (T,); the baseline predicts it for every row
+            (None: no baseline keys).
 
     Returns:
         ``rmse`` and ``mae`` (flat over all N*T values), ``r2`` (sklearn ``r2_score``, uniform average over
@@ -207,7 +212,6 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, targets: list[str
     """
     yt, yp, mean = _check_targets(y_true, y_pred, targets, train_mean)
     n, n_targets = yt.shape
-    base = np.broadcast_to(mean, yt.shape)
     out: dict[str, float] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)  # r2 with a single sample
@@ -224,14 +228,18 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, targets: list[str
                 out[f"rmse/{col}"] = _rmse(yt[:, j], yp[:, j])
                 out[f"r2/{col}"] = float(r2_cols[j])
                 out[f"pearson_r2/{col}"] = float(rs[j] ** 2)
-        out[f"{BASELINE}rmse"] = _rmse(yt, base)
-        out[f"{BASELINE}mae"] = float(mean_absolute_error(yt.reshape(-1), base.reshape(-1)))
-        out[f"{BASELINE}r2"] = float(r2_score(yt, base, multioutput="uniform_average")) if n >= 2 else float("nan")
+        if mean is not None:
+            base = np.broadcast_to(mean, yt.shape)
+            out[f"{BASELINE}rmse"] = _rmse(yt, base)
+            out[f"{BASELINE}mae"] = float(mean_absolute_error(yt.reshape(-1), base.reshape(-1)))
+            out[f"{BASELINE}r2"] = (float(r2_score(yt, base, multioutput="uniform_average")) if n >= 2
+                                    else float("nan"))
     return _finite_only(out)
 
 
 # ------------------------------------------------------------------------------------------- vote fractions
-def vote_fraction_metrics(y_true: np.ndarray, y_pred: np.ndarray, targets: list[str], train_mean: np.ndarray,
+def vote_fraction_metrics(y_true: np.ndarray, y_pred: np.ndarray, targets: list[str],
+                          train_mean: np.ndarray | None = None,
                           tree: DecisionTree | None = None) -> dict[str, float]:
     """Galaxy Zoo vote-fraction metrics: the Kaggle flat RMSE, per question, and the training-mean baseline.
 
@@ -239,7 +247,7 @@ def vote_fraction_metrics(y_true: np.ndarray, y_pred: np.ndarray, targets: list[
         y_true: observed vote fractions, shape (N, T).
         y_pred: predicted vote fractions, same shape.
         targets: the T column names.
-        train_mean: per-column mean of the TRAINING split, shape (T,).
+        train_mean: per-column mean of the TRAINING split, shape (T,) (None: no baseline keys).
         tree: when given, per-question RMSE over each question's answer columns (looked up by name in
             ``targets``, so the column order need not match; every answer column must be present).
 
@@ -252,7 +260,6 @@ def vote_fraction_metrics(y_true: np.ndarray, y_pred: np.ndarray, targets: list[
         ValueError: on mismatched shapes, or tree answer columns missing from ``targets``.
     """
     yt, yp, mean = _check_targets(y_true, y_pred, targets, train_mean)
-    base = np.broadcast_to(mean, yt.shape)
     if tree is None:
         groups = {col: [j] for j, col in enumerate(targets)}
     else:
@@ -266,10 +273,12 @@ def vote_fraction_metrics(y_true: np.ndarray, y_pred: np.ndarray, targets: list[
     out: dict[str, float] = {"rmse": _rmse(yt, yp), "mae": float(mean_absolute_error(yt.reshape(-1), yp.reshape(-1)))}
     for name, cols in groups.items():
         out[f"rmse/{name}"] = _rmse(yt[:, cols], yp[:, cols])
-    out[f"{BASELINE}rmse"] = _rmse(yt, base)
-    out[f"{BASELINE}mae"] = float(mean_absolute_error(yt.reshape(-1), base.reshape(-1)))
-    for name, cols in groups.items():
-        out[f"{BASELINE}rmse/{name}"] = _rmse(yt[:, cols], base[:, cols])
+    if mean is not None:
+        base = np.broadcast_to(mean, yt.shape)
+        out[f"{BASELINE}rmse"] = _rmse(yt, base)
+        out[f"{BASELINE}mae"] = float(mean_absolute_error(yt.reshape(-1), base.reshape(-1)))
+        for name, cols in groups.items():
+            out[f"{BASELINE}rmse/{name}"] = _rmse(yt[:, cols], base[:, cols])
     return _finite_only(out)
 
 

@@ -1,18 +1,31 @@
-"""Prediction: batched, device-aware, with test-time augmentation, over arrays, store rows or image files."""
+"""The one forward loop: device, autocast, channels-last, test-time views, predictions or encoder features, batched.
+
+Validation, evaluation, batch and watch-folder prediction, two-stage features and maps all go through
+:class:`Forward` (or its per-batch core :func:`forward_views`), so a map pixel and a table row computed from the
+same pixels with the same model and views are the same number.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from geocnn.data.augment import tta_views as make_views
-from geocnn.data.sources.images import crop_resize
+from geocnn.data.augment import tta_views
 from geocnn.errors import GeocnnError
 from geocnn.models.network import GeoNet
+
+Output = Literal["prediction", "features", "raw"]
+"""What the loop returns: user-facing predictions, encoder features (before dropout and head), or head outputs."""
+
+
+class FeatureHead(Protocol):
+    """A model on encoder features (stage 2 of two-stage transfer)."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N,) predictions from (N, F) features."""
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -22,61 +35,89 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-@torch.inference_mode()
-def predict_batch(net: GeoNet, chips: torch.Tensor, tta: int) -> torch.Tensor:
-    """User-facing predictions of one batch, averaged over ``tta`` views in prediction space."""
+def forward_views(net: GeoNet, chips: torch.Tensor, views: int = 1, output: Output = "prediction") -> torch.Tensor:
+    """One batch of raw chips through ``net``, averaged over ``views`` test-time views (in output space).
+
+    Chips are normalised with the network's train-split band statistics (NaN nodata becomes the band mean), turned
+    into the exact dihedral views (1, 2, 4, 8) or n rotations, and the chosen output of every view is averaged.
+    """
     x = net.normalise(chips)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if x.is_cuda else torch.autocast("cpu", enabled=False)
     total = None
-    with autocast:
-        views = make_views(x, tta)
-        for v in views:
-            p = net.to_prediction(net.forward_normalised(v))
-            total = p if total is None else total + p
+    batch_views = tta_views(x, views)
+    for v in batch_views:
+        if output == "features":
+            y = net.encoder(v)
+        elif output == "raw":
+            y = net.forward_normalised(v)
+        else:
+            y = net.to_prediction(net.forward_normalised(v))
+        total = y if total is None else total + y
     assert total is not None
-    return total / len(views)
+    return total if len(batch_views) == 1 else total / len(batch_views)
 
 
-def predict_chips(net: GeoNet, chips: np.ndarray, rows: np.ndarray | None = None, batch_size: int = 128,
-                  tta: int = 1, device: str = "auto", progress: bool = False) -> np.ndarray:
-    """Predict ``chips[rows]`` (a memmap is read batch by batch) -> (N, outputs) float32."""
-    dev = pick_device(device)
-    net = net.to(dev).eval()
-    if dev.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-    rows = np.arange(len(chips)) if rows is None else np.asarray(rows)
-    cuda = dev.type == "cuda"
-    out = []
-    for start in tqdm(range(0, len(rows), batch_size), desc="predict", disable=not progress):
-        batch = torch.from_numpy(np.ascontiguousarray(chips[rows[start:start + batch_size]]))
-        if cuda:  # pinned, so the copy is asynchronous; predictions stay on the device until the end (one sync)
-            batch = batch.pin_memory().to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        out.append(predict_batch(net, batch, tta).float())
-    return torch.cat(out).cpu().numpy() if out else np.zeros((0, net.spec.n_outputs), np.float32)
+class Forward:
+    """A network ready to run: on its device (channels-last, bf16 autocast on CUDA), with views and an output.
 
+    Args:
+        net: the network (moved to the device; callers keep using it).
+        views: test-time views averaged (1 = none; a bundle's own: ``bundle.preprocessing.tta_views``).
+        device: auto, cpu or cuda.
+        output: predictions, encoder features or raw head outputs.
+        head: a model on features (stage-2 ridge): the loop returns ``head.predict(features)`` as (N, 1).
+        compile: ``torch.compile`` the network's forward (long map runs on a GPU).
+    """
 
-def check_chips(bundle: "Bundle", chips: np.ndarray, source: str = "input") -> None:  # noqa: F821
-    """Refuse chips whose band count or size differs from what the bundle was trained on."""
-    pre = bundle.preprocessing
-    want = (bundle.spec.in_chans, pre["chip_size"], pre["chip_size"])
-    if chips.ndim != 4 or tuple(chips.shape[1:]) != want:
-        raise GeocnnError(f"{source}: chips of shape {tuple(chips.shape[1:])} (bands, height, width) do not fit the "
-                          f"model, which expects {want} (bands {pre.get('bands')}). Preprocess with the bundle's "
-                          f"settings (crop {pre.get('crop')}, chip_size {pre['chip_size']}).")
+    def __init__(self, net: GeoNet, views: int = 1, device: str = "auto", output: Output = "prediction",
+                 head: FeatureHead | None = None, compile: bool = False) -> None:
+        self.device = pick_device(device)
+        self.cuda = self.device.type == "cuda"
+        self.net = net.to(self.device).eval()
+        if self.cuda:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.views = views
+        self.head = head
+        self.output: Output = "features" if head is not None else output
+        self._run = torch.compile(forward_views, dynamic=False) if compile else forward_views
 
+    @property
+    def width(self) -> int:
+        """Values per sample this loop returns."""
+        if self.head is not None:
+            return 1
+        return self.net.encoder.num_features if self.output == "features" else self.net.spec.n_outputs
 
-def predict_array(bundle: "Bundle", chips: np.ndarray, tta: int | None = None, batch_size: int = 128,  # noqa: F821
-                  device: str = "auto") -> np.ndarray:
-    """Predict an in-memory (N, C, H, W) array of raw chips with a bundle."""
-    check_chips(bundle, chips)
-    return predict_chips(bundle.net, chips, None, batch_size, bundle.tta_views if tta is None else tta, device)
+    @torch.inference_mode()
+    def tensor(self, chips: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """One batch (B, C, H, W) -> (B, width) on the device (no host synchronisation)."""
+        x = torch.as_tensor(chips)
+        if self.cuda:  # pinned, so the copy is asynchronous
+            x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            return self._run(self.net, x, self.views, self.output).float()
 
+    def batch(self, chips: np.ndarray | torch.Tensor) -> np.ndarray:
+        """One batch -> (B, width) float32 on the host (stage-2 head applied)."""
+        out = self.tensor(chips).cpu().numpy()
+        return self._finish(out)
 
-def load_chips(paths: Sequence[Path], crop: int, chip_size: int, channels: str) -> np.ndarray:
-    """Read and preprocess image files exactly as the store does (centre crop, resize)."""
-    from geocnn.data.sources.galaxy_tables import load_image
+    def __call__(self, chips: np.ndarray, rows: np.ndarray | None = None, batch_size: int = 128,
+                 progress: bool = False) -> np.ndarray:
+        """``chips[rows]`` (a memmap is read batch by batch) -> (N, width) float32, in ``rows`` order."""
+        rows = np.arange(len(chips)) if rows is None else np.asarray(rows)
+        out = []
+        for start in tqdm(range(0, len(rows), batch_size), desc="predict", disable=not progress):
+            batch = np.ascontiguousarray(chips[rows[start:start + batch_size]])
+            out.append(self.tensor(batch))  # stays on the device: one synchronisation at the end
+        if not out:
+            return np.zeros((0, self.width), np.float32)
+        return self._finish(torch.cat(out).cpu().numpy())
 
-    chips = [crop_resize(load_image(Path(p), channels), crop, chip_size, source=str(p)) for p in paths]
-    if not chips:
-        raise GeocnnError("no images to predict")
-    return np.stack(chips)
+    def _finish(self, values: np.ndarray) -> np.ndarray:
+        if self.head is None:
+            return values
+        return np.asarray(self.head.predict(values), np.float32).reshape(-1, 1)
+
+    def release(self) -> GeoNet:
+        """The network back on the host (callers that keep training or saving it)."""
+        return self.net.cpu()

@@ -7,10 +7,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from geocnn.data.schema import DecisionTree
 from geocnn.models.backbones import create_encoder
-from geocnn.models.heads import DecisionTreeHead, DirichletHead, LinearHead
-from geocnn.models.losses import expected_fractions
-from geocnn.data.schema import KAGGLE_TREE, DecisionTree, questions_from_columns
+from geocnn.models.tasks import Targets, TaskSpec, task_spec
 
 
 @dataclass
@@ -35,18 +34,23 @@ class NetSpec:
         return asdict(self)
 
     @property
+    def task_spec(self) -> TaskSpec:
+        """The task's behaviour (head, loss, predictions, metrics)."""
+        return task_spec(self.task)
+
+    @property
+    def target_info(self) -> Targets:
+        """Target names, classes and options, as the task spec takes them."""
+        return Targets(list(self.targets), list(self.classes), self.sigmoid)
+
+    @property
     def n_outputs(self) -> int:
         """Width of the head."""
-        return len(self.classes) if self.task == "classification" else len(self.targets)
+        return self.task_spec.n_outputs(self.target_info)
 
-    def decision_tree(self) -> DecisionTree:
-        """The tree for vote tasks: the Kaggle tree for fractions, question groups from column names for counts."""
-        if self.task == "vote_fractions":
-            if self.targets != KAGGLE_TREE.columns:
-                raise ValueError("task vote_fractions needs the 37 Kaggle columns Class1.1..Class11.6 as targets, "
-                                 "in order; for other fractions use task regression with model.sigmoid=true")
-            return KAGGLE_TREE
-        return questions_from_columns(self.targets)
+    def decision_tree(self) -> DecisionTree | None:
+        """The question tree of vote tasks (None for others)."""
+        return self.task_spec.tree(self.target_info)
 
 
 class GeoNet(nn.Module):
@@ -56,14 +60,10 @@ class GeoNet(nn.Module):
         super().__init__()
         self.spec = spec
         self.encoder = create_encoder(spec.backbone, spec.in_chans, weights)
-        width = self.encoder.num_features
+        self.task = spec.task_spec
+        self.task.check_targets(spec.target_info)
         self.dropout = nn.Dropout(spec.dropout)
-        if spec.task == "vote_fractions":
-            self.head: nn.Module = DecisionTreeHead(width, spec.decision_tree())
-        elif spec.task == "vote_counts":
-            self.head = DirichletHead(width, spec.n_outputs)
-        else:
-            self.head = LinearHead(width, spec.n_outputs, sigmoid=spec.sigmoid and spec.task == "regression")
+        self.head = self.task.head(self.encoder.num_features, spec.target_info)
         mean = torch.tensor(spec.mean or [0.0] * spec.in_chans, dtype=torch.float32)
         std = torch.tensor(spec.std or [1.0] * spec.in_chans, dtype=torch.float32)
         self.register_buffer("mean", mean.view(1, -1, 1, 1))
@@ -88,17 +88,10 @@ class GeoNet(nn.Module):
         return self.forward_normalised(self.normalise(chips))
 
     def to_prediction(self, out: torch.Tensor) -> torch.Tensor:
-        """Head outputs to user-facing values: class probabilities, fractions, or regression values."""
-        if self.spec.task == "classification":
-            return torch.softmax(out.float(), dim=1)
-        if self.spec.task == "vote_counts":
-            return expected_fractions(out.float(), self.spec.decision_tree())
-        if self.spec.task == "regression" and not self.spec.sigmoid:
-            return out.float() * self.y_std + self.y_mean
-        return out.float()
+        """Head outputs to user-facing values: class probabilities, fractions, or values in the target's units."""
+        return self.task.to_prediction(out, self.spec.target_info, self.y_mean, self.y_std)
 
-    def standardise_target(self, y: torch.Tensor) -> torch.Tensor:
-        """Regression targets in the head's units: standardised with the train-split target mean/std."""
-        if self.spec.task == "regression" and not self.spec.sigmoid:
-            return (y.float() - self.y_mean) / self.y_std
-        return y
+    def loss(self, name: str, out: torch.Tensor, y: torch.Tensor,
+             class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The task's loss ``name`` of head outputs against targets (continuous ones standardised as the head)."""
+        return self.task.loss(name, out, y, self.spec.target_info, self.y_mean, self.y_std, class_weights)

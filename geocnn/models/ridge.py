@@ -1,42 +1,16 @@
-"""Two-stage transfer (Jean et al. 2016): chip features -> cluster means -> ridge with nested grouped CV."""
+"""Stage 2 of two-stage transfer (Jean et al. 2016): ridge on cluster-mean features, alpha by grouped nested CV."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
-import torch
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from geocnn.errors import GeocnnError
-from geocnn.models.network import GeoNet
-
-
-@torch.no_grad()
-def chip_features(net: GeoNet, chips: np.ndarray, batch_size: int = 256, tta_views: int = 1,
-                  device: str = "cpu") -> np.ndarray:
-    """Encoder features of every chip (N, F), averaged over dihedral test-time views when tta_views > 1."""
-    from geocnn.data.augment import tta_views as views_of
-
-    net = net.to(device).eval()
-    out = []
-    for start in range(0, len(chips), batch_size):
-        x = torch.as_tensor(np.asarray(chips[start:start + batch_size]), device=device)
-        feats = [net.features(v) for v in views_of(x, tta_views)]
-        out.append(torch.stack(feats).mean(0).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, net.encoder.num_features), np.float32)
-
-
-def cluster_means(values: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average rows sharing a cluster id; returns (sorted unique cluster ids, means)."""
-    ids, inverse = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
-    sums = np.zeros((len(ids), values.shape[1]))
-    np.add.at(sums, inverse, values)
-    return ids, sums / np.bincount(inverse, minlength=len(ids))[:, None]
 
 
 def ridge_search(alphas: list[float], inner_folds: int, n_groups: int) -> GridSearchCV:
@@ -65,7 +39,7 @@ def nested_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: np.nda
     pred = np.full(len(y), np.nan)
     chosen: dict[int, float] = {}
     inner: dict[int, float] = {}
-    for f in np.unique(folds):
+    for f in np.unique(folds[folds >= 0]):
         test = folds == f
         train = ~test
         search = ridge_search(alphas, inner_folds, len(np.unique(groups[train])))
@@ -83,38 +57,29 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: list[flo
     return search.best_estimator_
 
 
-def train_mean_baseline(y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Out-of-fold predictions of the training folds' mean."""
-    pred = np.empty(len(y))
-    for f in np.unique(folds):
-        pred[folds == f] = y[folds != f].mean()
-    return pred
+class Stage2Ridge:
+    """The deployable stage-2 model as plain numbers (standardise, then linear): stored as JSON, never pickled."""
 
+    def __init__(self, mean: list[float], scale: list[float], coef: list[float], intercept: float,
+                 alpha: float) -> None:
+        self.mean = np.asarray(mean, float)
+        self.scale = np.asarray(scale, float)
+        self.coef = np.asarray(coef, float)
+        self.intercept = float(intercept)
+        self.alpha = float(alpha)
 
-def gbm_baseline(x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Out-of-fold predictions of gradient boosting (e.g. on night-light means at a few radii)."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    @classmethod
+    def from_pipeline(cls, pipe: Pipeline) -> "Stage2Ridge":
+        """From a fitted StandardScaler + Ridge pipeline (as :func:`fit_ridge` returns)."""
+        scaler, ridge = pipe.named_steps["standardscaler"], pipe.named_steps["ridge"]
+        return cls(scaler.mean_.tolist(), scaler.scale_.tolist(), np.ravel(ridge.coef_).tolist(),
+                   float(np.ravel(ridge.intercept_)[0]), float(ridge.alpha))
 
-    pred = np.empty(len(y))
-    for f in np.unique(folds):
-        model = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=seed)
-        model.fit(x[folds != f], y[folds != f])
-        pred[folds == f] = model.predict(x[folds == f])
-    return pred
+    def to_dict(self) -> dict[str, float | list[float]]:
+        """Plain-JSON form."""
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(),
+                "intercept": self.intercept, "alpha": self.alpha}
 
-
-def scored(frame: pd.DataFrame, target: str, columns: dict[str, str], group: str | None,
-           urban: str | None) -> dict[str, float]:
-    """Flat metrics for several prediction columns: '<name>/r2', '<name>/pearson_r2', per-group means, worst of urban."""
-    from geocnn.evaluation.grouped import score_table
-
-    out: dict[str, float] = {}
-    for name, col in columns.items():
-        s = score_table(frame, target, col, group, urban)
-        for k, v in s["pooled"].items():
-            out[f"{name}/{k}"] = float(v)
-        for k, v in s.get("group_mean", {}).items():
-            out[f"{name}/group_mean/{k}"] = float(v)
-        for k, v in s.get("by_worst", {}).items():
-            out[f"{name}/worst_{urban}/{k}"] = float(v)
-    return out
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predictions (N,) from encoder features (N, F)."""
+        return ((np.asarray(x, float) - self.mean) / self.scale) @ self.coef + self.intercept

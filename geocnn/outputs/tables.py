@@ -1,4 +1,4 @@
-"""Export: prediction tables (CSV, Parquet) with ids, split, truth, predictions and class probabilities."""
+"""Prediction tables (CSV, Parquet): ids, context (split, fold, group, coordinates), truth, predictions."""
 
 from __future__ import annotations
 
@@ -7,32 +7,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geocnn.errors import GeocnnError
 from geocnn.atomic import atomic_path
-from geocnn.models.network import NetSpec
+from geocnn.errors import GeocnnError
+from geocnn.models.tasks import Targets, TaskSpec
 
 TABLE_FORMATS = ("csv", "parquet")
 
 
-def predictions_frame(ids: np.ndarray, pred: np.ndarray, spec: NetSpec, split: np.ndarray | None = None,
-                      truth: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per sample: id, split, true targets (if known), ``pred_<target>``, and ``prob_<class>``."""
+def predictions_frame(ids: np.ndarray, pred: np.ndarray, task: TaskSpec, targets: Targets,
+                      context: pd.DataFrame | None = None, truth: np.ndarray | None = None,
+                      baselines: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """One row per sample: id, context columns (split, fold, group, lat/lon, ...), observed targets when known,
+    the task's prediction columns (``pred_<target>``, ``prob_<class>``) and baseline predictions."""
     frame = pd.DataFrame({"id": np.asarray(ids).astype(str)})
-    if split is not None:
-        frame["split"] = np.asarray(split).astype(str)
-    if spec.task == "classification":
-        target = spec.targets[0]
-        classes = np.asarray(spec.classes)
-        if truth is not None:
-            frame[target] = classes[truth[target].to_numpy(dtype=int)]
-        frame[f"pred_{target}"] = classes[pred.argmax(1)]
-        for k, name in enumerate(spec.classes):
-            frame[f"prob_{name}"] = pred[:, k].astype(np.float64)
-        return frame
-    for j, target in enumerate(spec.targets):
-        if truth is not None:
-            frame[target] = truth[target].to_numpy(dtype=np.float64)
-        frame[f"pred_{target}"] = pred[:, j].astype(np.float64)
+    if context is not None:
+        for col in context.columns:
+            if col != "id":
+                frame[col] = context[col].to_numpy()
+    if truth is not None:
+        for col, values in task.truth_columns(truth, targets).items():
+            frame[col] = values
+    for col, values in task.columns(pred, targets).items():
+        frame[col] = values
+    for col, values in task.baseline_columns(baselines or {}, targets).items():
+        frame[col] = values
     return frame
 
 

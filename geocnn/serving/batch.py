@@ -1,4 +1,4 @@
-"""Batch prediction of newly arrived files with the current model: images -> tables, scenes -> maps + a table."""
+"""Batch prediction of newly arrived files with the current model: each domain predicts its files (tables, maps)."""
 
 from __future__ import annotations
 
@@ -8,62 +8,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from geocnn.errors import GeocnnError
+from geocnn.domains import DOMAINS
+from geocnn.inference.bundle import load_bundle
 from geocnn.outputs.tables import read_table, write_table
-from geocnn.serving.watch import (BATCHES, EARTH_PATTERNS, GALAXY_PATTERNS, Item, Ledger, Outcome, check_folder, discover,
-                          exclusive, new_batch_id)
+from geocnn.serving.watch import BATCHES, Item, Ledger, Outcome, check_folder, discover, exclusive, new_batch_id
+from geocnn.tracking.model_uri import ModelRef, resolve
 
 
-@dataclass
-class ModelRef:
-    """A model as asked for (path or models:/ URI), where its bundle is, its registry version and its domain."""
-
-    ref: str
-    bundle_dir: Path
-    version: str | None
-    kind: str
-
-    @property
-    def label(self) -> str:
-        """How the ledger and tables name the model: the reference, plus the version an alias resolved to."""
-        return self.ref if not self.version or self.ref.endswith(f"/{self.version}") else f"{self.ref} (v{self.version})"
-
-
-def resolve(ref: str) -> ModelRef:
-    """Fetch the model now (an alias like @champion resolves to its current version) and read its domain."""
-    import json
-
-    from geocnn.inference.bundle import META, resolve_model
-
-    version = None
-    if ref.startswith("models:/"):
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        from geocnn.tracking.runs import tracking_uri
-
-        name, _, alias = ref.removeprefix("models:/").partition("@")
-        try:
-            client = MlflowClient(tracking_uri())
-            version = (client.get_model_version_by_alias(name, alias).version if alias
-                       else name.partition("/")[2] or None)
-        except MlflowException as exc:
-            raise GeocnnError(f"model {ref}: not in the registry at {tracking_uri()} ({exc.message}); train once "
-                              "(`geocnn run CONFIG`) so that a version is registered and promoted, or give a bundle "
-                              "folder") from None
-    bundle_dir = resolve_model(ref)
-    if not (bundle_dir / META).exists():
-        raise GeocnnError(f"model {ref}: {bundle_dir} is not a geocnn bundle ({META} missing)")
-    kind = json.loads((bundle_dir / META).read_text()).get("preprocessing", {}).get("kind", "galaxy")
-    return ModelRef(ref, bundle_dir, None if version is None else str(version), kind)
-
-
-def default_patterns(kind: str) -> tuple[str, ...]:
-    """File patterns a watch folder picks up for a model's domain."""
-    return EARTH_PATTERNS if kind == "earth" else GALAXY_PATTERNS
+def default_patterns(ref: ModelRef) -> tuple[str, ...]:
+    """File patterns a watch folder picks up for a model: its domain's."""
+    return DOMAINS[load_bundle(ref.bundle_dir).preprocessing.domain].watch_patterns
 
 
 def _stamp(frame: pd.DataFrame, model: ModelRef, batch: str) -> pd.DataFrame:
@@ -74,69 +30,17 @@ def _stamp(frame: pd.DataFrame, model: ModelRef, batch: str) -> pd.DataFrame:
     return frame
 
 
-def predict_images(model: ModelRef, input_dir: Path, items: list[Item], output_dir: Path, batch: str,
-                   batch_size: int = 64, device: str = "auto") -> tuple[list[Outcome], list[Path]]:
-    """Predict new galaxy images; an unreadable image is a failed item, the others go on. Writes the batch table."""
-    from geocnn.inference.bundle import load_bundle
-    from geocnn.data.sources.images import crop_resize
-    from geocnn.outputs.tables import predictions_frame
-    from geocnn.inference.predict import predict_chips
-    from geocnn.data.sources.galaxy_tables import load_image
-
+def predict_items(model: ModelRef, input_dir: Path, items: list[Item], output_dir: Path, batch: str,
+                  batch_size: int = 64, device: str = "auto",
+                  stride_px: int | None = None) -> tuple[list[Outcome], list[Path]]:
+    """Predict new files with the model's domain (galaxy images -> a table; scenes -> maps and a row each); a file
+    that fails does not stop the others. Writes the batch's table."""
     bundle = load_bundle(model.bundle_dir)
-    pre = bundle.preprocessing
-    outcomes: list[Outcome] = []
-    chips, ok_items = [], []
-    want = (bundle.spec.in_chans, pre["chip_size"], pre["chip_size"])
-    for item in items:
-        path = item.absolute(input_dir)
-        try:
-            chip = crop_resize(load_image(path, pre["channels"]), pre["crop"], pre["chip_size"], source=str(path))
-            if chip.shape != want:
-                raise GeocnnError(f"{path}: chip of shape {chip.shape}, the model expects {want}")
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is that file's failure, not the batch's
-            outcomes.append(Outcome(item, False, f"{type(exc).__name__}: {exc}"))
-            continue
-        chips.append(chip)
-        ok_items.append(item)
-    written: list[Path] = []
-    if ok_items:
-        pred = predict_chips(bundle.net, np.stack(chips), None, batch_size, bundle.tta_views, device)
-        frame = predictions_frame(np.array([i.path for i in ok_items]), pred, bundle.spec)
-        frame.insert(1, "file", [str(i.absolute(input_dir)) for i in ok_items])
-        written = write_batch(_stamp(frame, model, batch), output_dir, batch)
-        outcomes.extend(Outcome(i, True) for i in ok_items)
-    return outcomes, written
-
-
-def predict_scenes(model: ModelRef, input_dir: Path, items: list[Item], output_dir: Path, batch: str,
-                   stride_px: int | None = None, batch_size: int = 128) -> tuple[list[Outcome], list[Path]]:
-    """Map each new scene (GeoTIFF + PNG under output_dir/maps/); a failing scene does not stop the others.
-    Writes the batch table: one row per scene with the map paths and summary statistics."""
-    import rasterio
-
-    from geocnn.domains.earth import map_from_bundle
-
-    outcomes: list[Outcome] = []
-    rows = []
-    for item in items:
-        path = item.absolute(input_dir)
-        out = output_dir / "maps" / Path(item.path).with_suffix("")
-        try:
-            paths = map_from_bundle(str(model.bundle_dir), out, [str(path)], stride_px, None, batch_size)
-            with rasterio.open(paths["map_tif"]) as src:
-                values = src.read(1, masked=True).astype(np.float64).filled(np.nan)
-        except Exception as exc:  # noqa: BLE001 - a corrupt or mismatched scene fails alone
-            outcomes.append(Outcome(item, False, f"{type(exc).__name__}: {exc}"))
-            continue
-        finite = values[np.isfinite(values)]
-        rows.append({"id": item.path, "file": str(path), "map_tif": str(paths["map_tif"]),
-                     "map_png": str(paths["map_png"]), "valid_pixels": int(finite.size),
-                     "mean": float(finite.mean()) if finite.size else np.nan,
-                     "min": float(finite.min()) if finite.size else np.nan,
-                     "max": float(finite.max()) if finite.size else np.nan})
-        outcomes.append(Outcome(item, True))
-    written = write_batch(_stamp(pd.DataFrame(rows), model, batch), output_dir, batch) if rows else []
+    domain = DOMAINS[bundle.preprocessing.domain]
+    frame, failures = domain.predict_files(bundle, [i.path for i in items], [i.absolute(input_dir) for i in items],
+                                           output_dir, batch_size, device, stride_px)
+    outcomes = [Outcome(i, i.path not in failures, failures.get(i.path, "")) for i in items]
+    written = write_batch(_stamp(frame, model, batch), output_dir, batch) if len(frame) else []
     return outcomes, written
 
 
@@ -161,8 +65,7 @@ class Steps:
 
     resolve: Callable[..., ModelRef] = resolve
     discover: Callable[..., list[Item]] = discover
-    images: Callable[..., tuple[list[Outcome], list[Path]]] = predict_images
-    scenes: Callable[..., tuple[list[Outcome], list[Path]]] = predict_scenes
+    predict: Callable[..., tuple[list[Outcome], list[Path]]] = predict_items
     tables: Callable[..., list[Path]] = rebuild_tables
 
 
@@ -188,7 +91,7 @@ def predict_new(input_dir: str | Path, output_dir: str | Path, model: str, patte
             for orphan in ledger.remove_orphans():
                 log(f"removed {orphan}: written by a run that stopped before recording it")
             ref = steps.resolve(model)
-            items = steps.discover(src, patterns or default_patterns(ref.kind), min_age_s)
+            items = steps.discover(src, patterns or default_patterns(ref), min_age_s)
             todo, given_up = ledger.pending(items, max_attempts)
             summary: dict[str, Any] = {"skipped": False, "input_dir": str(src), "output_dir": str(out),
                                        "model": ref.label, "n_new": len(todo), "n_done": 0, "n_failed": 0,
@@ -196,11 +99,8 @@ def predict_new(input_dir: str | Path, output_dir: str | Path, model: str, patte
                                        "batch": None, "items": []}
             if todo:
                 batch = new_batch_id()
-                if ref.kind == "earth":
-                    outcomes, written = steps.scenes(ref, src, todo, out, batch, stride_px=stride_px,
-                                                     batch_size=batch_size)
-                else:
-                    outcomes, written = steps.images(ref, src, todo, out, batch, batch_size=batch_size, device=device)
+                outcomes, written = steps.predict(ref, src, todo, out, batch, batch_size=batch_size, device=device,
+                                                  stride_px=stride_px)
                 ledger.commit(batch, outcomes, ref.label, run_id)
                 tables = steps.tables(ledger)
                 summary.update(batch=batch, n_done=sum(o.ok for o in outcomes), n_failed=sum(not o.ok for o in outcomes),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -15,7 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geocnn.config import ExperimentConfig
+from prefect.schedules import Cron, Interval
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from geocnn.config import AnyExperiment
+from geocnn.domains import domain_for
 from geocnn.errors import GeocnnError
 
 DEFAULT_HOME = Path("data/prefect")
@@ -32,7 +37,7 @@ class Plan:
     timezone: str
 
 
-def watch_paths(cfg: ExperimentConfig, input_dir: str | None = None, output_dir: str | None = None,
+def watch_paths(cfg: AnyExperiment, input_dir: str | None = None, output_dir: str | None = None,
                 model: str | None = None) -> tuple[Path, Path, str]:
     """The watch folder, the prediction output folder (absolute) and the model (default: NAME@champion)."""
     src = Path((input_dir or cfg.schedule.input_dir).format(name=cfg.name)).resolve()
@@ -44,7 +49,7 @@ def watch_paths(cfg: ExperimentConfig, input_dir: str | None = None, output_dir:
     return src, out, ref
 
 
-def plan(cfg: ExperimentConfig, config_path: Path, overrides: list[str], retrain: str | float | None,
+def plan(cfg: AnyExperiment, config_path: Path, overrides: list[str], retrain: str | float | None,
          predict: str | float | None, input_dir: str | None = None, output_dir: str | None = None,
          model: str | None = None) -> Plan:
     """The deployments to serve: schedules from the command line, else from the config's schedule section."""
@@ -61,40 +66,20 @@ def plan(cfg: ExperimentConfig, config_path: Path, overrides: list[str], retrain
         retrain={"config": str(config_path.resolve()), "overrides": list(overrides)} if retrain is not None else None,
         predict={"input_dir": str(src), "output_dir": str(out), "model": ref, "patterns": list(s.patterns) or None,
                  "min_age_s": s.min_age_s, "max_attempts": s.max_attempts,
-                 "batch_size": cfg.maps.batch_size if cfg.data.format in ("survey", "synthetic_earth")
-                 else cfg.train.eval_batch_size, "device": cfg.train.device, "stride_px": cfg.maps.stride_px}
+                 "batch_size": domain_for(cfg).predict_batch_size(cfg), "device": cfg.train.device,
+                 "stride_px": domain_for(cfg).map_stride(cfg)}
         if predict is not None else None,
         retrain_schedule=retrain, predict_schedule=predict, timezone=s.timezone)
 
 
 def schedule_of(value: str | float, timezone: str) -> Any:
     """A Prefect schedule: a cron string, or an interval in seconds."""
-    from prefect.schedules import Cron, Interval
-
     if isinstance(value, (int, float)):
         return Interval(float(value), timezone=timezone)
     try:
         return Cron(value, timezone=timezone)
     except ValueError as exc:
         raise GeocnnError(f"schedule {value!r}: not a valid cron expression ({exc}); e.g. '0 3 * * *' = 03:00 daily")
-
-
-def deployments(p: Plan, name: str) -> list[Any]:
-    """Runner deployments of the retrain and predict flows (module entry points, one run at a time each)."""
-    from prefect.deployments.runner import EntrypointType
-
-    from pipelines.predict import predict_flow
-    from pipelines.retrain import retrain_flow
-
-    out = []
-    common = {"concurrency_limit": 1, "entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["geocnn", name]}
-    if p.retrain is not None:
-        out.append(retrain_flow.to_deployment(name=f"{name}-retrain", parameters=p.retrain,
-                                              schedules=[schedule_of(p.retrain_schedule, p.timezone)], **common))
-    if p.predict is not None:
-        out.append(predict_flow.to_deployment(name=f"{name}-predict", parameters=p.predict,
-                                              schedules=[schedule_of(p.predict_schedule, p.timezone)], **common))
-    return out
 
 
 def free_port() -> int:
@@ -115,8 +100,6 @@ def _healthy(url: str) -> bool:
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies, even by SIGKILL (Linux), so no server is left orphaned."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
@@ -148,8 +131,6 @@ def prefect_api(home: Path | None = None, port: int | None = None, timeout_s: fl
             time.sleep(0.5)
         previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url  # flow runs started by the runner inherit it
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 yield url

@@ -13,14 +13,12 @@ from datetime import datetime, timezone
 from fnmatch import fnmatch
 from pathlib import Path
 
-from geocnn.errors import GeocnnError
 from geocnn.atomic import remove
+from geocnn.errors import GeocnnError
 
 LEDGER = "ledger.sqlite"
 LOCK = ".ledger.lock"
 BATCHES = "batches"
-GALAXY_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.fits", "*.fit")
-EARTH_PATTERNS = ("*.tif", "*.tiff")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (

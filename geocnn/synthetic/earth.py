@@ -14,16 +14,15 @@ import csv
 import math
 import numbers
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.warp import transform as reproject_points
 from scipy.ndimage import gaussian_filter, maximum_filter, minimum_filter, uniform_filter, zoom
 
-from geocnn.errors import GeocnnError
 from geocnn.atomic import atomic_dir
-
-if TYPE_CHECKING:
-    from affine import Affine
+from geocnn.errors import GeocnnError
 
 FILES: dict[str, str] = {"scene": "scene.tif", "nightlights": "nightlights.tif", "wealth": "wealth.tif",
                          "clusters": "clusters.csv"}
@@ -511,10 +510,7 @@ def _clusters(rng: np.random.Generator, n: int, n_clusters: int, k: int, valid: 
 
 def _transform(n: int) -> Affine:
     """Affine transform of an n x n, 30 m grid centred near 15 E, 5 N in UTM 33N (corners on 30 m multiples)."""
-    from affine import Affine
-    from rasterio.warp import transform
-
-    xs, ys = transform("EPSG:4326", CRS, [_CENTRE_LONLAT[0]], [_CENTRE_LONLAT[1]])
+    xs, ys = reproject_points("EPSG:4326", CRS, [_CENTRE_LONLAT[0]], [_CENTRE_LONLAT[1]])
     cx, cy = round(xs[0] / PIXEL_M) * PIXEL_M, round(ys[0] / PIXEL_M) * PIXEL_M
     half = (n // 2) * PIXEL_M
     return Affine(PIXEL_M, 0.0, cx - half, 0.0, -PIXEL_M, cy + half)
@@ -529,8 +525,6 @@ def _write_raster(path: Path, data: np.ndarray, transform: Affine, nodata: float
                   tiled: bool, tags: dict[str, str] | None = None, scale: float | None = None,
                   offset: float | None = None) -> None:
     """A deflate-compressed GeoTIFF (bands, rows, cols) in :data:`CRS`."""
-    import rasterio
-
     count, rows, cols = data.shape
     profile = {"driver": "GTiff", "width": cols, "height": rows, "count": count, "dtype": data.dtype.name,
                "crs": CRS, "transform": transform, "nodata": nodata, "compress": "deflate",
@@ -553,8 +547,6 @@ def _is_complete(paths: dict[str, Path], params: str) -> bool:
     if not all(p.is_file() for p in paths.values()):
         return False
     try:
-        import rasterio
-
         with rasterio.open(paths["scene"]) as ds:
             return ds.tags().get(_TAG) == params
     except Exception:  # noqa: BLE001 - an unreadable scene is an incomplete set
@@ -634,9 +626,6 @@ def make_scene(folder: str | Path, size_px: int = 1024, n_clusters: int = 300, n
     cl = _clusters(_rng(seed, 5), n, n_clusters, k, valid, wealth, town, water, countries)
     threshold = float(np.quantile(cl["true"], LIGHTS_QUANTILE))
     lights = _nightlights(_rng(seed, 6), wealth, town, threshold)
-
-    from affine import Affine
-    from rasterio.warp import transform as reproject_points
 
     affine = _transform(n)
     xs = affine.c + (cl["col"] + 0.5) * affine.a

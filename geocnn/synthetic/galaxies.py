@@ -14,8 +14,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from scipy.special import k1
 
-from geocnn.errors import GeocnnError
 from geocnn.atomic import atomic_path
+from geocnn.errors import GeocnnError
 
 CLASSES: list[str] = ["elliptical", "spiral", "barred", "ring", "edge_on"]
 """Morphology classes; in :func:`make_galaxies` row ``i`` of the unshuffled list has class ``CLASSES[i % 5]``."""
@@ -196,7 +196,6 @@ def render_galaxy(kind: str, size: int, rng: np.random.Generator) -> tuple[np.nd
     half = 0.5 * (size - 1)
     pad = int(math.ceil(0.3 * size)) + 2  # profiles are evaluated only in this box; the galaxy is zero outside
     lo, hi = max(int(half) - pad, 0), min(int(half) + pad + 2, size)
-    box = hi - lo
 
     # Placement and size common to all kinds.
     off_r = 0.03 * size * math.sqrt(float(rng.uniform())) * 0.98

@@ -12,12 +12,11 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from geocnn.config import ExperimentConfig, TrainConfig
+from geocnn.config import TrackingConfig, TrainConfig
 from geocnn.errors import GeocnnError
 
 SPLIT_TAG = "geocnn.split_signature"
 TAG = "geocnn.promotion."
-EARTH_FORMATS = ("survey", "synthetic_earth")
 
 Rescore = Callable[[str], "Comparison | None"]
 """Given the champion's version, score champion and candidate on the same held-out rows (or None if impossible)."""
@@ -48,26 +47,22 @@ class Decision:
     compared_on: str | None = None
 
 
-def promotion_metric(cfg: ExperimentConfig) -> str:
-    """The validation metric deciding promotion (config, else a default per task)."""
-    if cfg.tracking.promotion_metric:
-        return cfg.tracking.promotion_metric
-    if cfg.data.format in EARTH_FORMATS:
-        return "validation/r2"
-    return "validation/accuracy" if cfg.model.task == "classification" else "validation/rmse"
+def promotion_metric(tracking: TrackingConfig, default: str) -> str:
+    """The validation metric deciding promotion: tracking.promotion_metric, else the domain's/task's default."""
+    return tracking.promotion_metric or default
 
 
-def promotion_direction(cfg: ExperimentConfig, metric: str) -> Literal["min", "max"]:
+def promotion_direction(tracking: TrackingConfig, metric: str) -> Literal["min", "max"]:
     """min or max for the promotion metric ('auto' infers it from the name, as train.monitor_mode does)."""
-    if cfg.tracking.promotion_mode != "auto":
-        return cfg.tracking.promotion_mode
+    if tracking.promotion_mode != "auto":
+        return tracking.promotion_mode
     return TrainConfig(monitor=metric).monitor_direction
 
 
-def check_metric(cfg: ExperimentConfig, metrics: dict[str, float]) -> str:
+def check_metric(tracking: TrackingConfig, default: str, metrics: dict[str, float]) -> str:
     """The promotion metric, refused if it is a test metric or the run did not compute it."""
-    metric = promotion_metric(cfg)
-    if cfg.tracking.promotion != "if_better":
+    metric = promotion_metric(tracking, default)
+    if tracking.promotion != "if_better":
         return metric
     if metric.startswith(("test/", "baseline")):
         raise GeocnnError(f"tracking.promotion_metric={metric!r}: promotion must not look at test metrics; use a "
@@ -101,20 +96,20 @@ def current_champion(client: MlflowClient, name: str, alias: str) -> object | No
         return None
 
 
-def promote(client: MlflowClient, cfg: ExperimentConfig, name: str, version: str, run_id: str,
-            metrics: dict[str, float], signature: str, rescore: Rescore | None = None) -> Decision:
+def promote(client: MlflowClient, tracking: TrackingConfig, default_metric: str, name: str, version: str,
+            run_id: str, metrics: dict[str, float], signature: str, rescore: Rescore | None = None) -> Decision:
     """Move the alias to ``version`` if it beats the champion on the validation metric over the same split
     definition (or, when the data changed, on the validation rows neither model trained on); tag the outcome."""
-    alias = cfg.tracking.alias
-    metric = promotion_metric(cfg)
-    direction = promotion_direction(cfg, metric)
+    alias = tracking.alias
+    metric = promotion_metric(tracking, default_metric)
+    direction = promotion_direction(tracking, metric)
     value = metrics.get(metric)
     client.set_model_version_tag(name, version, SPLIT_TAG, signature)
     decision = Decision(False, "", metric, direction, version, candidate=value)
     champion = current_champion(client, name, alias)
-    if cfg.tracking.promotion == "never":
+    if tracking.promotion == "never":
         decision.reason = "tracking.promotion=never"
-    elif cfg.tracking.promotion == "always":
+    elif tracking.promotion == "always":
         decision.promoted, decision.reason = True, "tracking.promotion=always"
     elif champion is None:
         decision.promoted, decision.reason = True, f"no {alias} yet"

@@ -1,8 +1,9 @@
-"""MLflow tracking: embedded SQLite default, runs that survive resume, epoch metrics, model logging and aliases."""
+"""MLflow runs: the embedded SQLite default, runs that survive resume, epoch metrics, metrics and artifacts."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any
 import lightning as L
 import mlflow
 import numpy as np
+import yaml
 from mlflow import MlflowClient
 
-from geocnn.config import ExperimentConfig, flatten
+from geocnn.config import AnyExperiment, flatten
 
 DEFAULT_DB = Path("data/mlflow/mlflow.db")
 DEFAULT_ARTIFACTS = Path("data/mlflow/artifacts")
@@ -47,8 +49,6 @@ def server_command(host: str = "127.0.0.1", port: int = 5000, db: Path | None = 
                    artifacts: Path | None = None, workers: int = 1) -> list[str]:
     """The `mlflow server` command of the local tracking server: SQLite backend, local artifact root served over
     HTTP (clients need no access to the folder), bound to the loopback interface by default."""
-    import sys
-
     db = (db or DEFAULT_DB).resolve()
     artifacts = (artifacts or Path(os.environ.get("GEOCNN_MLFLOW_ARTIFACTS", DEFAULT_ARTIFACTS))).resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def server_command(host: str = "127.0.0.1", port: int = 5000, db: Path | None = 
             artifacts.as_uri(), "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers)]
 
 
-def setup(cfg: ExperimentConfig) -> str:
+def setup(cfg: AnyExperiment) -> str:
     """Point MLflow at the configured store and experiment (created with a local artifact root); return its id."""
     uri = tracking_uri(cfg.tracking.tracking_uri)
     mlflow.set_tracking_uri(uri)
@@ -70,8 +70,18 @@ def setup(cfg: ExperimentConfig) -> str:
     return exp.experiment_id
 
 
-def start_run(cfg: ExperimentConfig, resume_run_id: str | None = None, resumed_at_epoch: int | None = None) -> str:
-    """Create (or reopen, when resuming) the run for this training; log the resolved config as params."""
+def start_run(cfg: AnyExperiment, resume_run_id: str | None = None, resumed_at_epoch: int | None = None,
+              run_name: str | None = None, params: dict[str, Any] | None = None, parent: str | None = None) -> str:
+    """Create (or reopen, when resuming) a run of this experiment; log the resolved config (or ``params``).
+
+    Args:
+        cfg: the experiment (its tracking section chooses the store and MLflow experiment).
+        resume_run_id: an unfinished run of the same command to reopen (tagged ``geocnn.resumed``).
+        resumed_at_epoch: the first epoch the resumed training runs.
+        run_name: the run's name (default the experiment name).
+        params: parameters to log instead of the flattened config (e.g. a stage's own settings).
+        parent: the parent run (``mlflow.parentRunId``) of a child run, e.g. stage 1 of two-stage transfer.
+    """
     experiment_id = setup(cfg)
     client = MlflowClient(mlflow.get_tracking_uri())
     if resume_run_id:
@@ -86,17 +96,19 @@ def start_run(cfg: ExperimentConfig, resume_run_id: str | None = None, resumed_a
                                "geocnn.resumed_at_epoch": str(resumed_at_epoch or 0)}.items():
                 client.set_tag(resume_run_id, key, value)
             return run.info.run_id
-    run = client.create_run(experiment_id, run_name=cfg.name, tags={"geocnn.task": cfg.model.task})
-    params = {k: str(v)[:6000] for k, v in flatten(cfg).items()}
-    items = list(params.items())
+    tags = {"geocnn.task": cfg.model.task, "geocnn.domain": cfg.domain}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(experiment_id, run_name=run_name or cfg.name, tags=tags)
+    flat = params if params is not None else flatten(cfg)
+    items = [(k, str(v)[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         mlflow.log_params(dict(items[i:i + 100]), run_id=run.info.run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        import yaml
-
-        path.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-        client.log_artifact(run.info.run_id, str(path))
+    if params is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+            client.log_artifact(run.info.run_id, str(path))
     return run.info.run_id
 
 
@@ -144,23 +156,6 @@ def log_artifacts(run_id: str, paths: list[Path], folder: str | None = None) -> 
     client = MlflowClient(mlflow.get_tracking_uri())
     for p in paths:
         client.log_artifact(run_id, str(p), folder)
-
-
-def log_bundle_model(run_id: str, bundle_dir: Path, example: np.ndarray, registered_model: str | None) -> Any:
-    """Log the bundle as an MLflow pyfunc model with an input example; register it when a name is given."""
-    from geocnn.tracking.pyfunc import BundleModel
-
-    import logging
-    import warnings
-
-    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # cloudpickle notice: the class is imported by name
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*type hints.*")
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=BundleModel(), artifacts={"bundle": str(bundle_dir)},
-            input_example=example, registered_model_name=registered_model,
-            pip_requirements=["geocnn", "torch", "timm", "safetensors"])
-    return info
 
 
 def client() -> MlflowClient:

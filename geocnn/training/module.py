@@ -1,61 +1,16 @@
-"""GeoTask: the Lightning module that trains a GeoNet (loss, augmentation, optimiser, schedule, val metrics)."""
+"""GeoTask: the Lightning module that trains a GeoNet (task loss, batch augmentation, optimiser groups, val metrics)."""
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
-import torch.nn.functional as F
 
-from geocnn.data.augment import augment_batch
 from geocnn.config import AugmentConfig, ModelConfig, OptimConfig
+from geocnn.data.augment import augment_batch
+from geocnn.inference.predict import forward_views
 from geocnn.models.backbones import encoder_param_groups
-from geocnn.models.losses import dirichlet_multinomial_nll
 from geocnn.models.network import GeoNet
-
-LOSS_BY_TASK = {"classification": "cross_entropy", "regression": "mse", "vote_fractions": "mse",
-                "vote_counts": "dirichlet_multinomial"}
-
-
-def resolve_loss(task: str, loss: str) -> str:
-    """The loss for a task: 'auto' picks cross-entropy, MSE or Dirichlet-multinomial."""
-    chosen = LOSS_BY_TASK[task] if loss == "auto" else loss
-    allowed = {"classification": {"cross_entropy"}, "regression": {"mse", "huber"},
-               "vote_fractions": {"mse", "huber"}, "vote_counts": {"dirichlet_multinomial"}}[task]
-    if chosen not in allowed:
-        from geocnn.errors import GeocnnError
-
-        raise GeocnnError(f"model.loss={loss!r} does not fit model.task={task!r}; use one of {sorted(allowed)} or auto")
-    return chosen
-
-
-def build_optimizer(params: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser named in the config over the given parameter groups."""
-    wd = cfg.weight_decay
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=wd)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
-    if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
-    return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=wd)
-
-
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) -> float:
-    """Multiplier of the peak lr at an optimiser step: linear warm-up, then cosine, step or constant."""
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
-    if step < warm:
-        return (step + 1) / warm
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "step":
-        return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
-    total = max(epochs * steps_per_epoch - warm, 1)
-    return 0.5 * (1 + math.cos(math.pi * min(step - warm, total) / total))
+from geocnn.training.optim import build_optimizer, lr_factor
 
 
 class GeoTask(L.LightningModule):
@@ -70,10 +25,9 @@ class GeoTask(L.LightningModule):
         self.augment_cfg = augment
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
-        self.loss_name = resolve_loss(net.spec.task, model.loss)
+        self.loss_name = net.task.resolve_loss(model.loss)
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.empty(0),
                              persistent=False)
-        self.tree = net.spec.decision_tree() if net.spec.task in ("vote_fractions", "vote_counts") else None
         self.seed = seed
         self._gen: torch.Generator | None = None  # on the batches' device, made at the first step
         self._gen_state: torch.Tensor | None = None  # from a checkpoint being resumed
@@ -86,18 +40,8 @@ class GeoTask(L.LightningModule):
         self._forward = torch.compile(self.net.forward_normalised)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The configured loss of head outputs against targets."""
-        out = out.float()
-        if self.loss_name == "cross_entropy":
-            w = self.class_weights if self.class_weights.numel() else None
-            return F.cross_entropy(out, y, weight=w)
-        if self.loss_name == "dirichlet_multinomial":
-            assert self.tree is not None
-            return dirichlet_multinomial_nll(y, out, self.tree)
-        y = self.net.standardise_target(y)
-        if self.loss_name == "huber":
-            return F.huber_loss(out, y)
-        return F.mse_loss(out, y)
+        """The configured loss of head outputs against targets (the task spec's)."""
+        return self.net.loss(self.loss_name, out, y, self.class_weights if self.class_weights.numel() else None)
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
         # Dropout draws from the global generator, seeded by (seed, optimiser step); augmentation draws from one
@@ -135,7 +79,7 @@ class GeoTask(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        out = self.net(x)
+        out = forward_views(self.net, x, views=1, output="raw")  # the forward loop prediction uses, one view
         self.log("val/loss", self.loss(out, y), on_step=False, on_epoch=True, batch_size=x.shape[0])
         self._val_out.append(self.net.to_prediction(out).detach())
         self._val_y.append(y.detach())
@@ -145,14 +89,8 @@ class GeoTask(L.LightningModule):
             return
         pred, y = torch.cat(self._val_out), torch.cat(self._val_y)
         self._val_out, self._val_y = [], []
-        if self.net.spec.task == "classification":
-            self.log("val/accuracy", (pred.argmax(1) == y).float().mean())
-        else:
-            if self.net.spec.task == "vote_counts":
-                from geocnn.models.losses import expected_fractions
-
-                y = expected_fractions(y.float() + 1e-9, self.net.spec.decision_tree())
-            self.log("val/rmse", torch.sqrt(F.mse_loss(pred.float(), y.float())))
+        for name, value in self.net.task.val_metrics(pred, y, self.net.spec.target_info).items():
+            self.log(name, value)
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's union type
         cfg = self.optim_cfg

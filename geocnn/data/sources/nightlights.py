@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from sklearn.mixture import GaussianMixture
 
 from geocnn.errors import GeocnnError
 
@@ -62,8 +63,6 @@ def _quantile_thresholds(flat: np.ndarray, n_classes: int) -> list[float]:
 
 def _gmm_thresholds(flat: np.ndarray, n_classes: int, seed: int) -> list[float]:
     """Crossings of adjacent components' weighted densities, components ordered by mean."""
-    from sklearn.mixture import GaussianMixture
-
     gmm = GaussianMixture(n_components=n_classes, random_state=seed, n_init=3).fit(flat.reshape(-1, 1))
     order = np.argsort(gmm.means_.ravel())
     means = gmm.means_.ravel()[order]

@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import rasterio
+import rasterio.errors
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.warp import transform
 from rasterio.windows import Window
 
 from geocnn.errors import GeocnnError
@@ -171,7 +175,9 @@ def open_scene(source: str | Path | Sequence[str | Path], bands: Sequence[str | 
         for ds in datasets[1:]:
             _check_same_grid(datasets[0], ds)
         available = _band_list(datasets, tokens)
-        chosen = available if picks is None else [_pick_band(available, b, paths) for b in picks]
+        where = paths[0] if len(paths) == 1 else str(paths)
+        chosen = available if picks is None else [available[i] for i in select_bands(
+            [n for _, _, n in available], picks, where, "earth.bands, or the band list given to this scene")]
     except BaseException:
         for ds in datasets:
             ds.close()
@@ -180,6 +186,45 @@ def open_scene(source: str | Path | Sequence[str | Path], bands: Sequence[str | 
     names = [name for _, _, name in chosen]
     nodatas = [nodata if nodata is not None else ds.nodatavals[i - 1] for ds, i, _ in chosen]
     return Scene(members, names, [None if v is None else float(v) for v in nodatas], spec)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Grids
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: CRS, affine pixel-to-CRS transform (of pixel corners), and size in pixels."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def from_raster(cls, path: str | Path) -> "Grid":
+        """Read the grid of an existing raster (e.g. a published GeoTIFF map)."""
+        with open_raster(path) as src:
+            if src.crs is None:
+                raise GeocnnError(f"{path}: raster has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:...)")
+            return cls(crs=src.crs, transform=src.transform, width=src.width, height=src.height)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return self.height, self.width
+
+
+def open_raster(path: str | Path) -> rasterio.DatasetReader:
+    """Open a raster for reading, with a GeocnnError naming the file when it is missing or unreadable."""
+    if not Path(path).is_file():
+        raise GeocnnError(f"{path}: raster file not found; check the path")
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise GeocnnError(f"{path}: not a readable raster ({exc}); re-export it as GeoTIFF") from exc
+
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -357,8 +402,6 @@ def to_scene_crs(crs: CRS, lon: float, lat: float) -> tuple[float, float]:
     """Transform one EPSG:4326 point to ``crs`` (x, y)."""
     if crs == WGS84:
         return float(lon), float(lat)
-    from rasterio.warp import transform
-
     try:
         xs, ys = transform(WGS84, crs, [lon], [lat])
     except Exception as exc:  # noqa: BLE001 - PROJ errors come in several types
@@ -472,19 +515,24 @@ def _band_list(datasets: list[Any], tokens: list[str] | None) -> list[tuple[Any,
     return out
 
 
-def _pick_band(available: list[tuple[Any, int, str]], band: str | int, paths: list[str]) -> tuple[Any, int, str]:
-    """The band named (or numbered, 1-based) ``band``."""
-    key = str(band).strip()
-    for item in available:
-        if item[2] == key:
-            return item
-    if key.isdigit() and 1 <= int(key) <= len(available):
-        return available[int(key) - 1]
-    names = [n for _, _, n in available]
-    where = paths[0] if len(paths) == 1 else paths
-    raise GeocnnError(f"{where}: band {band!r} not found. Available bands: {names} (or 1-based indices "
-                      f"1..{len(names)}). Fix the configured bands (earth.bands, or the band list given to this "
-                      "scene).")
+def select_bands(names: Sequence[str], bands: Sequence[str | int], source: str,
+                 key: str = "earth.bands") -> list[int]:
+    """0-based positions of ``bands`` (names, or 1-based indices) among ``names``.
+
+    Raises:
+        GeocnnError: naming ``source``, the band not found, the available bands and the config ``key`` to fix.
+    """
+    out = []
+    for band in bands:
+        want = str(band).strip()
+        if want in names:
+            out.append(list(names).index(want))
+        elif want.isdigit() and 1 <= int(want) <= len(names):
+            out.append(int(want) - 1)
+        else:
+            raise GeocnnError(f"{source}: band {band!r} not found. Available bands: {list(names)} (or 1-based "
+                              f"indices 1..{len(names)}). Fix the configured bands ({key}).")
+    return out
 
 
 def _group_members(chosen: list[tuple[Any, int, str]]) -> list[tuple[Any, list[int]]]:

@@ -20,12 +20,15 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 URBAN_WORDS = {"urban": "urban", "u": "urban", "1": "urban", "true": "urban",
                "rural": "rural", "r": "rural", "0": "rural", "2": "rural", "false": "rural"}
-"""Accepted urban/rural codes (case-insensitive): words, U/R (DHS GPS files), 1/0 (Yeh et al.), 1/2 (DHS v025)."""
+"""Accepted urban/rural codes (case-insensitive): words, U/R (DHS GPS files), 1/0 and 1.0/0.0 (Yeh et al.),
+1/2 (DHS v025)."""
+UNKNOWN = "unknown"
+"""The urban value of a point whose code is one of the configured unknown values (left out of urban/rural metrics)."""
 
 
 def read_survey(path: str | Path, lat_column: str = "lat", lon_column: str = "lon", targets: Sequence[str] = (),
                 id_column: str | None = None, group_column: str | None = None, urban_column: str | None = None,
-                weight_column: str | None = None) -> pd.DataFrame:
+                weight_column: str | None = None, urban_unknown: Sequence[str] = (UNKNOWN,)) -> pd.DataFrame:
     """Read survey points with coordinates and targets, failing on the first bad cell.
 
     Args:
@@ -36,12 +39,14 @@ def read_survey(path: str | Path, lat_column: str = "lat", lon_column: str = "lo
         id_column: a unique id column; default the 1-based data row number.
         group_column: optional column kept as ``group`` (text, e.g. the country for out-of-country splits).
         urban_column: optional column kept as ``urban`` with values ``"urban"``/``"rural"`` (accepts
-            urban/rural, U/R, 1/0, 1/2 with 2 = rural as in DHS v025, true/false).
+            urban/rural, U/R, 1/0, 1.0/0.0, 1/2 with 2 = rural as in DHS v025, true/false), or ``"unknown"``
+            for a value listed in ``urban_unknown``.
         weight_column: optional non-negative survey weight kept as ``weight``.
 
     Returns:
         A DataFrame with columns ``id`` (str), ``lat``, ``lon`` (float64), each target (float64), then
-        ``group``, ``urban``, ``weight`` where configured.
+        ``group``, ``urban``, ``weight`` where configured, then every other column of the file under its own name
+        (the configured group and urban columns too, as read).
 
     Raises:
         GeocnnError: naming the file, the row (spreadsheet numbering: header = row 1; GeoJSON: feature number)
@@ -76,11 +81,21 @@ def read_survey(path: str | Path, lat_column: str = "lat", lon_column: str = "lo
     if group_column:
         out[GROUP] = _texts(raw[group_column], source, group_column, row)
     if urban_column:
-        out[URBAN] = _urban(raw[urban_column], source, urban_column, row)
+        out[URBAN] = _urban(raw[urban_column], source, urban_column, row, urban_unknown)
     if weight_column:
         out[WEIGHT] = _numbers(raw[weight_column], source, weight_column, row)
         _check_weights(out[WEIGHT], source, weight_column, row)
+    used = {lat_column, lon_column, *out.columns} | ({id_column} if id_column else set())
+    for column in raw.columns:
+        if column not in used:
+            out[column] = _as_read(raw[column]).to_numpy()
     return out
+
+
+def _as_read(values: pd.Series) -> pd.Series:
+    """A passed-through column: numbers when every filled cell is one, else text as in the file."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    return numbers if (numbers.notna() | values.isna()).all() else values
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -229,18 +244,21 @@ def _check_coordinates(out: pd.DataFrame, source: str, lat_column: str, lon_colu
                           "rows.")
 
 
-def _urban(values: pd.Series, source: str, column: str, row) -> list[str]:  # noqa: ANN001
-    """Urban/rural codes as 'urban'/'rural'."""
+def _urban(values: pd.Series, source: str, column: str, row, unknown: Sequence[str]) -> list[str]:  # noqa: ANN001
+    """Urban/rural codes as 'urban'/'rural' (numbers written as floats too: 1.0/0.0/2.0), or 'unknown'."""
+    unknown_set = {str(u).strip().lower() for u in unknown}
     texts = [t.lower() for t in _texts(values, source, column, row)]
+    texts = [t[:-2] if t.endswith(".0") and t[:-2].isdigit() else t for t in texts]
     for i, t in enumerate(texts):
-        if t not in URBAN_WORDS:
+        if t not in URBAN_WORDS and t not in unknown_set:
             raise GeocnnError(f"{source}: {row(i)}, column '{column}': {t!r} is not an urban/rural code. Use "
-                              "urban/rural, U/R, 1/0 or 1/2 (2 = rural).")
+                              "urban/rural, U/R, 1/0 (or 1.0/0.0) or 1/2 (2 = rural); list codes that mean 'not "
+                              f"known' in earth.urban_unknown (now {sorted(unknown_set)}).")
     if "0" in texts and "2" in texts:
         i = texts.index("2")
         raise GeocnnError(f"{source}: {row(i)}, column '{column}': the column mixes 0 and 2, so the rural code "
                           "is ambiguous. Use 1/0 or 1/2 (1 = urban) consistently.")
-    return [URBAN_WORDS[t] for t in texts]
+    return [UNKNOWN if t in unknown_set else URBAN_WORDS[t] for t in texts]
 
 
 def _check_weights(weights: pd.Series, source: str, column: str, row) -> None:  # noqa: ANN001

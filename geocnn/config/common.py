@@ -1,0 +1,195 @@
+"""Config sections every domain shares: split, model, optimiser, training, augmentation, tracking, schedule."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys are errors, not silent defaults."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_sections(cls, data: Any) -> Any:
+        """A section left empty in YAML (all keys commented out) means 'all defaults'."""
+        if isinstance(data, dict):
+            return {k: ({} if v is None and k in cls.model_fields and _is_section(cls, k) else v)
+                    for k, v in data.items()}
+        return data
+
+
+def _is_section(model: type[BaseModel], key: str) -> bool:
+    annotation = model.model_fields[key].annotation
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+class SplitConfig(Strict):
+    """Train/val/test assignment, deterministic for a seed."""
+
+    method: Literal["random", "stratified", "grouped", "blocks"] = Field(
+        "random", description="random; stratified on 'stratify_column'; grouped keeps each group in one split; "
+        "blocks groups points into square spatial blocks of block_km.")
+    block_km: float = Field(50.0, gt=0, description="blocks: block side in km.")
+    folds: int | Literal["groups"] | None = Field(
+        None, description="Grouped cross-validation: k folds of groups (or blocks), each the test set once, the "
+        "union of out-of-fold predictions scored; 'groups' = leave one group out (e.g. out of country).")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="Fraction of samples in validation.")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of samples in test.")
+    stratify_column: str | None = Field(None, description="Class column for stratified splits (default: the "
+                                        "classification target).")
+    group_column: str | None = Field(None, description="Group column for grouped splits.")
+    seed: int = Field(0, description="Seed of the split; the same seed gives the same split.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be < 1 so that some samples remain for training")
+        if isinstance(self.folds, int) and self.folds < 2:
+            raise ValueError("folds must be at least 2 (or 'groups' for leave-one-group-out, or null for one split)")
+        return self
+
+
+class ModelConfig(Strict):
+    """The network: a timm encoder, a head, and how its weights start and which of them train."""
+
+    backbone: str = Field("resnet18", description="Any timm model name (timm.list_models()).")
+    task: Literal["classification", "regression", "vote_fractions", "vote_counts"] = Field(
+        "classification", description="classification (cross-entropy), regression (MSE/Huber), vote_fractions "
+        "(Galaxy Zoo decision-tree head, Dieleman et al. 2015), vote_counts (Dirichlet-multinomial, Zoobot).")
+    weights: str = Field("random", description="'random', 'timm' (timm pretrained: needs a network), or a path "
+                         "to a local .safetensors/.pth state dict.")
+    transfer: Literal["from_scratch", "linear_probe", "partial", "full"] = Field(
+        "full", description="from_scratch (random init, all trained), linear_probe (encoder frozen), partial "
+        "(last n_blocks unfrozen, layer-wise lr decay), full (all trained).")
+    n_blocks: int = Field(2, ge=0, description="partial: number of last encoder blocks to unfreeze.")
+    layer_decay: float = Field(0.75, gt=0, le=1, description="partial/full: lr multiplier per block going down "
+                               "(1 = no decay).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
+    loss: Literal["auto", "mse", "huber", "cross_entropy", "dirichlet_multinomial"] = Field(
+        "auto", description="auto picks per task: cross_entropy, mse, mse (fractions), dirichlet_multinomial.")
+    sigmoid: bool = Field(False, description="regression: squash outputs to [0, 1] (vote fractions).")
+    class_weights: list[float] | Literal["balanced"] | None = Field(
+        None, description="classification: per-class loss weights, or 'balanced' (inverse train frequency).")
+    tree: Literal["kaggle"] = Field("kaggle", description="vote_fractions: the decision tree of the targets.")
+
+
+class OptimConfig(Strict):
+    """Optimiser and learning-rate schedule."""
+
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = Field("adamw", description="Optimiser.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="Weight decay (L2 for sgd/adam/rmsprop/adagrad).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd/rmsprop momentum.")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum.")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="LR schedule after warm-up.")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length in epochs.")
+    step_size: int = Field(10, gt=0, description="step schedule: epochs between decays.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor.")
+
+
+class AugmentConfig(Strict):
+    """Batch augmentation on tensors (train) and test-time augmentation (evaluation/prediction)."""
+
+    rotate: bool = Field(True, description="Random rotation 0-360 degrees.")
+    flip: bool = Field(True, description="Random horizontal/vertical flips.")
+    rot90: bool = Field(False, description="Random multiples of 90 degrees (exact, no resampling); with flip this "
+                        "gives the 8 dihedral views used for overhead imagery (set rotate: false).")
+    band_brightness: float = Field(0.0, ge=0, lt=1, description="Max relative brightness change per band "
+                                   "(overhead imagery).")
+    translate: float = Field(0.05, ge=0, le=0.5, description="Max shift as a fraction of the chip side.")
+    zoom: float = Field(0.1, ge=0, lt=1, description="Max zoom in/out as a fraction (log-uniform scale).")
+    brightness: float = Field(0.1, ge=0, lt=1, description="Max relative brightness change.")
+    tta_views: int = Field(8, ge=1, description="Test-time views averaged: 1, 2, 4, 8 = dihedral flips/rot90; "
+                           "other n = n rotations by 360/n degrees.")
+
+
+class TrainConfig(Strict):
+    """Training loop settings."""
+
+    epochs: int = Field(20, gt=0, description="Maximum epochs.")
+    batch_size: int = Field(64, gt=0, description="Training batch size.")
+    eval_batch_size: int = Field(128, gt=0, description="Batch size for validation, test and prediction.")
+    optimizer: OptimConfig = Field(default_factory=OptimConfig)
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    early_stopping_patience: int | None = Field(None, gt=0, description="Stop after this many epochs without "
+                                                "validation improvement.")
+    monitor: str | None = Field(None, description="Validation metric for checkpoint choice and early stopping "
+                                "(default: val/loss).")
+    monitor_mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="Whether the monitored metric improves down or up; auto: max for accuracy, "
+        "balanced_accuracy, auc, r2 and pearson metrics, min otherwise.")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes. auto = none on CPU (a batch is one memory-mapped read, "
+        "far cheaper than a step, and workers would take the model's cores), up to 4 on CUDA (reads overlap the GPU).")
+    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present, else CPU.")
+    resume: bool = Field(True, description="Resume from the last checkpoint in output_dir if one exists.")
+    compile: bool = Field(False, description="torch.compile the network's training forward (worth it on a GPU "
+                          "for long runs; the first steps pay the compilation).")
+    limit_train_batches: float | int | None = Field(None, description="Debug: cap on batches per epoch.")
+
+
+    @property
+    def monitor_metric(self) -> str:
+        """The monitored validation metric (default val/loss)."""
+        return self.monitor or "val/loss"
+
+    @property
+    def monitor_direction(self) -> Literal["min", "max"]:
+        """min or max for the monitored metric, inferring 'auto' from its name."""
+        if self.monitor_mode != "auto":
+            return self.monitor_mode
+        leaf = self.monitor_metric.rsplit("/", 1)[-1]
+        return "max" if any(k in leaf for k in ("accuracy", "auc", "r2", "pearson")) else "min"
+
+
+class TrackingConfig(Strict):
+    """MLflow tracking, the model registry, and champion promotion."""
+
+    enabled: bool = Field(True, description="Log the run to MLflow.")
+    tracking_uri: str | None = Field(None, description="MLflow URI (default: $MLFLOW_TRACKING_URI, else SQLite "
+                                     "at data/mlflow/mlflow.db).")
+    experiment: str = Field("geocnn", description="MLflow experiment name.")
+    register_model: bool = Field(True, description="Register every trained model as a new version.")
+    registered_model: str | None = Field(None, description="Registered model name (default: the experiment name).")
+    alias: str = Field("champion", description="The alias promotion manages; predictions use models:/NAME@alias.")
+    promotion: Literal["if_better", "always", "never"] = Field(
+        "if_better", description="if_better: move the alias to the new version only if it beats the current one on "
+        "promotion_metric over the same split definition; always; never (register only).")
+    promotion_metric: str | None = Field(None, description="Validation metric deciding promotion (default: "
+                                         "validation/accuracy for classification, validation/rmse for regression "
+                                         "and vote fractions, validation/r2 for Earth runs). Never a test metric.")
+    promotion_mode: Literal["auto", "min", "max"] = Field("auto", description="Whether promotion_metric improves "
+                                                          "down or up (auto: from its name, as train.monitor_mode).")
+    min_common_rows: int = Field(20, gt=0, description="When the split definitions differ (data grew), compare the "
+                                 "champion and the new model on the validation rows neither trained on; promote "
+                                 "only if there are at least this many.")
+
+    def model_name(self, experiment_name: str) -> str | None:
+        """The registered model name, or None when registration is off."""
+        return (self.registered_model or experiment_name) if self.register_model else None
+
+
+class ScheduleConfig(Strict):
+    """Unattended runs: `geocnn serve` schedules retraining and watch-folder prediction."""
+
+    retrain_cron: str | None = Field(None, description="Cron schedule of retraining (e.g. '0 3 * * 0'); none: "
+                                     "no retraining deployment.")
+    predict_cron: str | None = Field(None, description="Cron schedule of watch-folder prediction (e.g. '*/15 * * * "
+                                     "*'); none: no prediction deployment.")
+    timezone: str = Field("UTC", description="Time zone of the cron schedules.")
+    input_dir: str = Field("data/inbox/{name}", description="Watch folder: new images (galaxy) or scenes (Earth) "
+                           "arrive here. '{name}' expands to the experiment name.")
+    output_dir: str = Field("data/predictions/{name}", description="Where batch predictions, maps and the ledger "
+                            "of processed files go.")
+    model: str | None = Field(None, description="Model to predict with (default: models:/NAME@champion of this "
+                              "experiment; a bundle folder works too).")
+    patterns: list[str] = Field(default_factory=list, description="File patterns picked up (default: images "
+                                "*.jpg *.jpeg *.png *.fits for galaxies, *.tif *.tiff for Earth).")
+    min_age_s: float = Field(2.0, ge=0, description="Skip files modified in the last seconds (still being copied).")
+    max_attempts: int = Field(3, gt=0, description="A failing file is retried on later runs up to this many times.")
+

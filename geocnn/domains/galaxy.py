@@ -1,0 +1,67 @@
+"""The galaxy domain: cut-out catalogs (or generated galaxies) -> morphology; a montage of test galaxies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geocnn.config import GalaxyExperiment, derive
+from geocnn.data.catalog import Catalog
+from geocnn.data.chips import ChipSpec
+from geocnn.data.fingerprint import files_under
+from geocnn.data.sources.galaxy_tables import read_galaxy_catalog
+from geocnn.data.store import ChipStore, build_store
+from geocnn.domains.base import Domain
+from geocnn.evaluation.plots import plot_montage
+from geocnn.models.tasks import Targets, TaskSpec, task_spec
+from geocnn.synthetic.galaxies import make_galaxies
+
+MONTAGE = 32
+"""Test galaxies drawn in the montage."""
+
+
+class GalaxyDomain(Domain):
+    """Galaxy Zoo style catalogs: Kaggle, Zoobot/GZ DECaLS, class folders, any CSV; JPEG/PNG/FITS/GeoTIFF/.npy."""
+
+    name = "galaxy"
+    watch_patterns = ("*.jpg", "*.jpeg", "*.png", "*.fits", "*.fit", "*.tif", "*.tiff", "*.npy", "*.npz")
+
+    def prepare(self, cfg: GalaxyExperiment) -> GalaxyExperiment:
+        """data.format=synthetic: generate (or reuse) the galaxies and point the config at their catalog."""
+        data = cfg.data
+        if data.format != "synthetic":
+            return cfg
+        folder = Path(data.store_root).parent / "synthetic" / \
+            f"n{data.synthetic_count}_s{data.synthetic_size}_seed{data.synthetic_seed}"
+        csv = folder / "catalog.csv"
+        if not csv.exists():
+            make_galaxies(folder, data.synthetic_count, data.synthetic_size, seed=data.synthetic_seed)
+        return derive(cfg, {"data.format": "csv", "data.catalog": str(csv), "data.images": str(folder),
+                            "data.targets": data.targets or ["morphology"]})
+
+    def catalog(self, cfg: GalaxyExperiment) -> Catalog:
+        return task_spec(cfg.model.task).prepare(read_galaxy_catalog(self.prepare(cfg).data))
+
+    def chip_spec(self, cfg: GalaxyExperiment) -> ChipSpec:
+        """Centre crop then resize (Dieleman et al.: 207 of 424 px, then 69 px), bands as configured."""
+        d = cfg.data
+        return ChipSpec(out_px=d.chip_size, files=True, crop=d.crop, channels=d.channels, bands=d.bands)
+
+    def ingest(self, cfg: GalaxyExperiment, progress: bool = True) -> ChipStore:
+        cfg = self.prepare(cfg)
+        return build_store(self.catalog(cfg), self.chip_spec(cfg), cfg.data.store_root, progress=progress)
+
+    def input_files(self, cfg: GalaxyExperiment) -> list[Path]:
+        d = cfg.data
+        return files_under(d.catalog) + files_under(d.images or (Path(d.catalog).parent if d.catalog else None))
+
+    def plots(self, store: ChipStore, table: pd.DataFrame, y: np.ndarray, pred: np.ndarray, scored: np.ndarray,
+              spec: TaskSpec, targets: Targets, cfg: GalaxyExperiment) -> list[Path]:
+        """A montage of the first test galaxies with true and predicted labels."""
+        test = np.flatnonzero(scored)[:MONTAGE]
+        first_chip = pd.Series(np.arange(len(store.index))).groupby(store.sample_of_rows()).first()
+        chips = np.asarray(store.chips[first_chip.loc[test].to_numpy()])
+        titles = spec.labels(y[test], pred[test], targets)
+        return [plot_montage(chips, titles, cfg.out / "plots" / "test_montage.png")]
