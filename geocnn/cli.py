@@ -128,9 +128,9 @@ def demo(
     set_: SetOption = None,
 ) -> None:
     """Generate synthetic data with a known signal and run the whole pipeline on it (galaxies and/or Earth)."""
-    if domain not in ("galaxy", "earth", "all"):
-        raise GeocnnError(f"geocnn demo: unknown domain {domain!r}; use galaxy, earth or all")
-    for name in (["galaxy", "earth"] if domain == "all" else [domain]):
+    if domain not in (*DEMOS, "all"):
+        raise GeocnnError(f"geocnn demo: unknown domain {domain!r}; use {', '.join(DEMOS)} or all")
+    for name in (list(DEMOS) if domain == "all" else [domain]):
         config_name, quick_overrides, what = DEMOS[name]
         typer.echo(f"geocnn demo {name}: {what}")
         overrides = [*quick_overrides, *(set_ or [])] if quick else list(set_ or [])
@@ -246,11 +246,15 @@ def map_(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Wall-to-wall prediction map of a scene with a saved Earth model (sliding windows, overlaps averaged)."""
+    from geocnn.domains import DOMAINS
     from geocnn.domains.earth_maps import map_scene, scenes_of
     from geocnn.inference.bundle import load_bundle
     from geocnn.tracking.model_uri import resolve_model
 
     bundle = load_bundle(resolve_model(model))
+    if not DOMAINS[bundle.preprocessing.domain].maps:
+        raise GeocnnError(f"{model}: a {bundle.preprocessing.domain} model does not map scenes; maps need a bundle "
+                          "from an Earth experiment (data.format survey or synthetic_earth)")
     paths = map_scene(bundle, scenes_of(bundle, scene, model), out, stride, grid, device=device)
     for key, path in paths.items():
         typer.echo(f"{key:<10} {path}")

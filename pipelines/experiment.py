@@ -20,6 +20,11 @@ def ingest(cfg: AnyExperiment, progress: bool = True) -> ChipStore:
     return domain_for(cfg).ingest(cfg, progress=progress)
 
 
+def split(store: ChipStore, cfg: AnyExperiment, progress: bool = True) -> None:
+    """Check the task's settings and assign the splits (cached in the store) before any run exists."""
+    domain_for(cfg).split(store, cfg, progress=progress)
+
+
 def train(store: ChipStore, cfg: AnyExperiment, run_id: str | None = None, progress: bool = True) -> Any:
     """Fit the experiment's model(s) on the store (the domain's strategy: one split, folds, two-stage)."""
     return domain_for(cfg).train(store, cfg, run_id, progress=progress)
@@ -28,6 +33,7 @@ def train(store: ChipStore, cfg: AnyExperiment, run_id: str | None = None, progr
 # Reading inputs and writing outputs touch disks and network filesystems: retry those. Training and registration
 # are not retried (a retry could register twice).
 ingest_task = task(ingest, name="ingest", **CACHED_INGEST)
+split_task = task(split, name="split", cache_policy=NO_CACHE)
 train_task = task(train, name="train", cache_policy=NO_CACHE)
 evaluate_task = task(skeleton.evaluate, name="evaluate", cache_policy=NO_CACHE)
 export_task = task(skeleton.export, name="export", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -41,7 +47,7 @@ def experiment_flow(config: str | None = None, overrides: list[str] | None = Non
     cfg = load_config(config, overrides, base=base)
     domain = domain_for(cfg)
     steps = skeleton.Steps(ingest=lambda c, progress=True: cached_store(ingest_task, c, progress=progress),
-                           train=train_task, evaluate=evaluate_task, export=export_task, track=track_task)
+                           split=split_task, train=train_task, evaluate=evaluate_task, export=export_task, track=track_task)
     summary = skeleton.run_experiment(cfg, domain, progress, steps)
     publish(f"{cfg.domain}-experiment", run_markdown(cfg.name, domain.report_keys(cfg), summary), summary["metrics"],
             f"{cfg.name}: held-out metrics beside baselines, MLflow run, registry, outputs")

@@ -1,15 +1,29 @@
-"""Shared fixtures: the real sample data folder, tiny generated images, an isolated MLflow store."""
+"""Shared fixtures: the real sample data folder, tiny generated images, an isolated MLflow store per test and a
+Prefect home per test process (pytest-xdist workers run side by side)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+# Each xdist worker gets its own Prefect home (its temporary API server's SQLite database) before Prefect is
+# imported; the ephemeral server may take long to start on a busy 2-core machine.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"geocnn-prefect-{_WORKER}-")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from geocnn.config import DATA_ENV, shared_data_default
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import torch  # noqa: E402
+
+from geocnn.config import DATA_ENV, shared_data_default  # noqa: E402
+
+if _WORKER != "main":
+    torch.set_num_threads(1)  # two workers on two cores: one thread each, not four threads fighting
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,7 @@ class Ctx:
         frame.to_csv(self.inp / "cat.csv", index=False)
         return self.config(f"data:\n  catalog: {self.inp / 'cat.csv'}\n  targets: {targets}\n  crop: 32\n"
                            f"  chip_size: 16\n  store_root: {self.out / 'stores'}\nmodel:\n  task: {task}\n"
-                           f"  backbone: resnet10t\ntrain:\n  epochs: 1\n{extra}")
+                           f"  backbone: test_resnet\ntrain:\n  epochs: 1\n{extra}")
 
     def scene(self, name: str = "scene.tif", bands: int = 3, size: int = 64, crs: str | None = "EPSG:32631",
               fill: float | None = None, nodata: float | None = None) -> Path:
@@ -103,24 +103,21 @@ class Ctx:
         return self.config(f"data:\n  format: survey\n  catalog: {survey}\n  targets: [wealth]\n  chip_size: 8\n"
                            f"  group_column: country\n  store_root: {self.out / 'stores'}\n"
                            f"earth:\n  scenes: ['{scene}']\n  chip_px: 8\n{earth_extra}"
-                           f"model:\n  backbone: resnet10t\n  task: regression\n  transfer: from_scratch\n"
+                           f"model:\n  backbone: test_resnet\n  task: regression\n  transfer: from_scratch\n"
                            f"train:\n  epochs: 1\nsplit:\n  method: grouped\n{extra}")
 
     def bundle(self, bands: int = 3, chip: int = 16, kind: str = "galaxy") -> Path:
         """A real bundle (random weights) expecting ``bands`` bands and ``chip`` px chips."""
-        from geocnn.inference.bundle import save_bundle
-        from geocnn.config import EarthConfig
-        from geocnn.models.network import GeoNet, NetSpec
+        from geocnn.data.chips import ChipSpec
+        from tests.helpers import write_bundle
 
-        spec = NetSpec(backbone="resnet10t", in_chans=bands, task="regression", targets=["y"],
-                       mean=[0.5] * bands, std=[0.2] * bands)
         if kind == "galaxy":
-            pre = {"kind": "galaxy", "crop": chip, "chip_size": chip, "channels": "rgb",
-                   "bands": ["r", "g", "b"], "dtype": "uint8"}
-        else:
-            pre = {"kind": "earth", "chip_size": chip, "bands": [f"b{i}" for i in range(bands)], "dtype": "float32",
-                   "earth": EarthConfig(scenes=[], chip_px=chip).model_dump()}
-        return save_bundle(GeoNet(spec, weights="random"), self.inp / "bundle", pre, tta_views=1)
+            names = ["red", "green", "blue"] if bands == 3 else [f"band{i + 1}" for i in range(bands)]
+            return write_bundle(self.inp / "bundle", ChipSpec(out_px=chip, crop=chip), names, task="regression",
+                                targets=("y",), mean=0.5, std=0.2)
+        return write_bundle(self.inp / "bundle", ChipSpec(out_px=chip, files=False, chip_px=chip),
+                            [f"b{i}" for i in range(bands)], domain="earth", task="regression", targets=("y",),
+                            mean=0.5, std=0.2, dtype="float32")
 
 
 @dataclass

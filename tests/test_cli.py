@@ -95,7 +95,7 @@ def test_demo_quick_runs_both_flows_and_beats_the_baselines(tmp_path: Path) -> N
     proc = run_cli("demo", "all", "--quick", "--set", f"output_dir={tmp_path}/{{name}}",
                    "--set", f"data.store_root={tmp_path / 'stores'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Test metrics (model vs baseline)" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "Held-out metrics" in proc.stdout and "baseline" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     galaxy = json.loads((tmp_path / "galaxy_demo" / "metrics.json").read_text())
     assert galaxy["test/accuracy"] > galaxy["baseline/accuracy"] + 0.2, galaxy
     assert (tmp_path / "synthetic").is_dir()  # generated beside the stores, not in the project

@@ -19,7 +19,7 @@ from tests.conftest import write_rgb
 BUILD = """
 import sys
 from geocnn.config import load_config
-from geocnn.domains.base import ingest
+from geocnn.domains import ingest
 cfg = load_config(overrides=sys.argv[1:])
 print(ingest(cfg, progress=False).root)
 """
@@ -39,6 +39,7 @@ def kill_when(proc: subprocess.Popen, found, timeout: float = 120) -> Path:
     raise AssertionError("no temporary output appeared")
 
 
+@pytest.mark.slow
 def test_sigkill_during_store_build_leaves_no_store_and_the_rerun_equals_a_clean_build(tmp_path: Path) -> None:
     images = tmp_path / "imgs"
     for i in range(40):
@@ -56,7 +57,7 @@ def test_sigkill_during_store_build_leaves_no_store_and_the_rerun_equals_a_clean
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     from geocnn.config import load_config
-    from geocnn.domains.base import ingest
+    from geocnn.domains import ingest
 
     want = ingest(load_config(overrides=[*args, f"data.store_root={tmp_path / 'clean'}"]), progress=False).root
     got = Path(rerun.stdout.strip().splitlines()[-1])
@@ -66,35 +67,35 @@ def test_sigkill_during_store_build_leaves_no_store_and_the_rerun_equals_a_clean
     assert [p.name for p in stores.iterdir()] == [got.name]  # nothing partial left
 
 
+@pytest.mark.slow
 def test_sigkill_during_map_export_leaves_no_map_and_the_rerun_equals_a_clean_export(tmp_path: Path) -> None:
-    from geocnn.inference.bundle import save_bundle
-    from geocnn.config import EarthConfig
-    from geocnn.models.network import GeoNet, NetSpec
+    from geocnn.data.chips import ChipSpec
     from geocnn.synthetic.earth import make_scene
+    from tests.helpers import write_bundle
 
     paths = make_scene(tmp_path / "scene", size_px=512, n_clusters=20, seed=2)
     with rasterio.open(paths["scene"]) as src:
-        n = src.count
-    spec = NetSpec(backbone="resnet10t", in_chans=n, task="regression", targets=["wealth"], mean=[0.1] * n,
-                   std=[0.05] * n)
-    pre = {"kind": "earth", "chip_size": 32, "bands": [f"b{i}" for i in range(n)], "dtype": "float32",
-           "earth": EarthConfig(scenes=[str(paths["scene"])], chip_px=32).model_dump()}
-    model = save_bundle(GeoNet(spec, weights="random"), tmp_path / "bundle", pre, tta_views=1)
+        bands = list(src.descriptions)
+    chips = ChipSpec(out_px=32, files=False, scenes=[str(paths["scene"])], chip_px=32, max_nodata_fraction=0.5)
+    model = write_bundle(tmp_path / "bundle", chips, bands, domain="earth", task="regression", targets=("wealth",),
+                         backbone="resnet10t", mean=0.1, std=0.05, dtype="float32")
     cmd = [sys.executable, "-m", "geocnn.cli", "map", "--model", str(model), "--stride", "16"]
     out = tmp_path / "out"
     proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(proc, lambda: next(iter(out.glob(".prediction.tif.*.part*")), None) if out.exists() else None)
     assert not (out / "prediction.tif").exists()
     assert subprocess.run([*cmd, "--out", str(out)], capture_output=True, timeout=600).returncode == 0
-    from geocnn.domains.earth import map_from_bundle
+    from geocnn.domains.earth_maps import map_scene
+    from geocnn.inference.bundle import load_bundle
 
-    map_from_bundle(str(model), tmp_path / "clean", None, 16)
+    map_scene(load_bundle(model), [str(paths["scene"])], tmp_path / "clean", 16)
     with rasterio.open(out / "prediction.tif") as a, rasterio.open(tmp_path / "clean" / "prediction.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
         assert a.transform == b.transform and a.crs == b.crs
     assert sorted(p.name for p in out.iterdir()) == ["prediction.png", "prediction.tif"]  # nothing partial left
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_the_same_command_resumes_and_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
     """Two runs of `geocnn train` with the same seed: one killed mid-epoch and run again, one never stopped."""
     import json
@@ -103,7 +104,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_ends_like_an_uninte
     from mlflow import MlflowClient
 
     from geocnn.synthetic.galaxies import make_galaxies
-    from geocnn.training.fit import checkpoint_epoch, read_state
+    from geocnn.training.resume import checkpoint_epoch, read_state
 
     catalog = make_galaxies(tmp_path / "syn", 300, 64, seed=3)
     cfg = tmp_path / "train.yaml"

@@ -13,6 +13,7 @@ import pytest
 from geocnn.config import load_config
 from geocnn.errors import GeocnnError
 from geocnn.data.sources.galaxy_tables import read_galaxy_catalog
+from geocnn.models.tasks import task_spec
 from tests.conftest import write_rgb
 
 
@@ -36,10 +37,10 @@ def test_catalog_paths_cannot_leave_the_data_root(tmp_path: Path, kind: str) -> 
         catalog = catalog_with(tmp_path, "../elsewhere/secret.png" if kind == "dotdot" else str(secret))
     cfg = load_config(overrides=["data.format=csv", f"data.catalog={catalog}", "data.targets=[y]"])
     with pytest.raises(GeocnnError, match=r"row 3 \(id 'g1'\).*outside the data root.*allow_outside_root"):
-        read_galaxy_catalog(cfg.data, "regression")
+        task_spec("regression").prepare(read_galaxy_catalog(cfg.data))
     allowed = load_config(overrides=["data.format=csv", f"data.catalog={catalog}", "data.targets=[y]",
                                      "data.allow_outside_root=true"])
-    cat = read_galaxy_catalog(allowed.data, "regression")
+    cat = task_spec("regression").prepare(read_galaxy_catalog(allowed.data))
     assert len(cat.frame) == 3
 
 
@@ -61,7 +62,7 @@ def test_servers_bind_to_loopback_by_default() -> None:
 
 def test_two_concurrent_watch_runs_process_each_file_once(tmp_path: Path) -> None:
     from geocnn.serving.watch import Ledger
-    from tests.test_watch import drop, galaxy_bundle
+    from tests.serving.test_watch import drop, galaxy_bundle
 
     model = galaxy_bundle(tmp_path / "bundle")
     inbox, out = tmp_path / "inbox", tmp_path / "out"

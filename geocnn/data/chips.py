@@ -6,6 +6,7 @@ was trained on and the chips it later predicts are cut by the same code with the
 
 from __future__ import annotations
 
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import rasterio
 from pydantic import BaseModel, ConfigDict, Field
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import transform as warp
 from rasterio.warp import transform_bounds
 
@@ -182,7 +184,10 @@ def tile_size_m(path: str, lat: float) -> float | None:
     """Ground side in metres of a georeferenced GeoTIFF tile (None for arrays and tiles without a geotransform)."""
     if not str(path).lower().endswith(TIFF_SUFFIXES):
         return None
-    with rasterio.open(path) as ds:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a tile without a geotransform: answered below
+        ds = rasterio.open(path)
+    with ds:
         if ds.transform.is_identity or ds.crs is None:
             return None
         width = ds.width * abs(ds.res[0])

@@ -22,6 +22,7 @@ from geocnn.config import AnyExperiment, AugmentConfig, ModelConfig, SplitConfig
 from geocnn.data.catalog import GROUP, LAT, LON, URBAN, Catalog
 from geocnn.data.chips import ChipSource, ChipSpec
 from geocnn.data.fingerprint import ingest_key
+from geocnn.errors import GeocnnError
 from geocnn.data.splits import n_folds, sample_groups, split_store
 from geocnn.data.store import ChipStore
 from geocnn.evaluation.baselines import out_of_fold
@@ -130,6 +131,11 @@ class Domain:
         """Cache key of ingest: the sections that shape the store and the content of every input file."""
         return ingest_key(self.ingest_sections(cfg), self.input_files(cfg))
 
+    def split(self, store: ChipStore, cfg: AnyExperiment, progress: bool = True) -> None:
+        """Check everything fitting needs before a run or an output exists: the task's settings and every split
+        (assigned now and cached in the store, so fitting reuses them)."""
+        check_plan(store, CnnPlan.of(cfg))
+
     def train(self, store: ChipStore, cfg: AnyExperiment, run_id: str | None = None,
               progress: bool = True) -> Trained:
         """Fit the model(s) and predict every sample held out: the CNN on folds or one split."""
@@ -172,6 +178,9 @@ class Domain:
         return ["test", "baseline"]
 
     watch_patterns: tuple[str, ...] = ()
+    """File patterns a watch folder picks up for this domain's models."""
+    maps = False
+    """Whether the domain's models map scenes (geocnn map)."""
 
     def predict_batch_size(self, cfg: AnyExperiment) -> int:
         """Batch size of scheduled prediction runs."""
@@ -268,6 +277,22 @@ def epoch_logger(run_id: str | None, prefix: str = "") -> list[L.Callback] | Non
 def targets_of(store: ChipStore, model: ModelConfig) -> tuple[TaskSpec, Targets]:
     """The task spec and target description of a store trained under ``model``."""
     return task_spec(model.task), Targets(store.targets, store.classes, model.sigmoid)
+
+
+def check_plan(store: ChipStore, plan: CnnPlan) -> None:
+    """The plan's task settings and splits, checked (and the splits cached in the store) before any fit."""
+    spec, targets = targets_of(store, plan.fit.model)
+    spec.check_targets(targets)
+    spec.resolve_loss(plan.fit.model.loss)
+    y = spec.target_array(store.index, targets)
+    stratify = store.targets[0] if spec.stratify else None
+    k = n_folds(store.samples(), plan.split)
+    for f in range(k) if k else [None]:
+        view = split_store(store, plan.split, stratify, fold=f)
+        if len(view.rows("val")) == 0:
+            raise GeocnnError("split: the validation partition is empty; set split.val_fraction > 0 (model selection "
+                              "uses validation, never test)")
+        spec.class_weights(plan.fit.model.class_weights, y[view.rows("train")], targets)
 
 
 def train_cnn(store: ChipStore, plan: CnnPlan, run_id: str | None = None, prefix: str = "",
@@ -376,7 +401,8 @@ def evaluate(trained: Trained, store: ChipStore, cfg: AnyExperiment, domain: Dom
     context = samples.assign(split=trained.split)
     if trained.fold is not None:
         context["fold"] = trained.fold
-    context = context[[c for c in CONTEXT if c in context.columns]]
+    named_group = [cfg.data.group_column] if cfg.data.group_column not in (None, *CONTEXT) else []
+    context = context[[c for c in (*CONTEXT, *named_group) if c in context.columns]]
     table = predictions_frame(samples["id"].to_numpy(), trained.pred, spec, targets, context, y,
                               {n: p for n, p in predictions.items() if n != "test"})
     plots = [spec.plot(y[scored], trained.pred[scored], targets, cfg.out / "plots",
@@ -427,6 +453,7 @@ def track(run_id: str, trained: Trained, evaluation: Evaluation, paths: dict[str
     tracking.set_tags(run_id, {registry.SPLIT_TAG: signature})
     example = np.nan_to_num(np.asarray(store.chips[:2]))
     if trained.stage1_run_id:
+        tracking.set_tags(run_id, {"geocnn.stage1_run_id": trained.stage1_run_id})
         tracking.end_run(trained.stage1_run_id)
     info = log_bundle_model(run_id, paths["bundle"], example, name)
     result = {"model_uri": info.model_uri}
@@ -544,6 +571,7 @@ class Steps:
     """The skeleton's steps (plain functions here; the Prefect flow passes tasks wrapping the same functions)."""
 
     ingest: Callable[..., ChipStore]
+    split: Callable[..., None]
     train: Callable[..., Trained]
     evaluate: Callable[..., Evaluation] = evaluate
     export: Callable[..., dict[str, Path]] = export
@@ -554,12 +582,13 @@ def run_experiment(cfg: AnyExperiment, domain: Domain, progress: bool = True,
                    steps: Steps | None = None) -> dict[str, Any]:
     """The whole experiment of any domain: ingest -> split and fit -> evaluate -> export -> track and promote.
 
-    The MLflow run is opened after ingest (bad input fails before any run exists) and marked FAILED when a later
-    step fails; rerunning the same command resumes it.
+    The MLflow run is opened after ingest and the split checks (bad input fails before any run or output exists)
+    and marked FAILED when a later step fails; rerunning the same command resumes it.
     """
     cfg = domain.prepare(cfg)
-    steps = steps or Steps(domain.ingest, domain.train)
+    steps = steps or Steps(domain.ingest, domain.split, domain.train)
     store = steps.ingest(cfg, progress=progress)
+    steps.split(store, cfg, progress=progress)
     run_id = open_run(cfg)
     try:
         trained = steps.train(store, cfg, run_id, progress=progress)

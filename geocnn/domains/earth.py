@@ -24,7 +24,7 @@ from geocnn.data.sources.raster import label_statistic, open_scene
 from geocnn.data.sources.survey import read_survey
 from geocnn.data.splits import group_folds, sample_groups
 from geocnn.data.store import ChipStore, LabelSpec, build_store
-from geocnn.domains.base import CnnPlan, Domain, Evaluation, Trained, held_out_metrics, train_cnn
+from geocnn.domains.base import CnnPlan, Domain, Evaluation, Trained, check_plan, held_out_metrics, train_cnn
 from geocnn.domains.earth_maps import map_scene
 from geocnn.errors import GeocnnError
 from geocnn.evaluation.baselines import gbm_baseline
@@ -45,6 +45,7 @@ class EarthDomain(Domain):
 
     name = "earth"
     watch_patterns = ("*.tif", "*.tiff")
+    maps = True
 
     def predict_files(self, bundle: Bundle, ids: list[str], files: list[Path], out_dir: Path, batch_size: int = 128,
                       device: str = "auto", stride_px: int | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -130,6 +131,17 @@ class EarthDomain(Domain):
 
     def ingest_sections(self, cfg: EarthExperiment) -> list[BaseModel]:
         return [*super().ingest_sections(cfg), cfg.earth]
+
+    def split(self, store: ChipStore, cfg: EarthExperiment, progress: bool = True) -> None:
+        """Two-stage: stage 1's chips (built now, reused by training) and its split; the clusters' grouped folds.
+        Direct: the CNN's splits."""
+        cfg = self.prepare(cfg)
+        if not cfg.two_stage.enabled:
+            return super().split(store, cfg, progress)
+        plan1 = stage1_plan(cfg)
+        check_plan(stage1_store(self, cfg, progress), plan1)
+        groups = sample_groups(store.samples(), cfg.split)
+        group_folds(groups, cfg.split.folds or 5, cfg.split.seed)
 
     def train(self, store: ChipStore, cfg: EarthExperiment, run_id: str | None = None,
               progress: bool = True) -> Trained:
@@ -231,17 +243,23 @@ def stage1_store(domain: EarthDomain, cfg: EarthExperiment, progress: bool = Tru
     return build_store(catalog, spec, cfg.data.store_root, labels, progress)
 
 
+def stage1_plan(cfg: EarthExperiment) -> CnnPlan:
+    """Stage 1's CNN: the experiment's model and training settings on night-light classes (or values)."""
+    task = "classification" if cfg.earth.label_classes else "regression"
+    model = ModelConfig.model_validate({**cfg.model.model_dump(), "task": task, "sigmoid": False})
+    return CnnPlan.of(cfg).stage(model, SplitConfig.model_validate({**STAGE1_SPLIT, "seed": cfg.split.seed}),
+                                 cfg.out / "stage1")
+
+
 def train_two_stage(domain: EarthDomain, store: ChipStore, cfg: EarthExperiment, run_id: str | None = None,
                     progress: bool = True) -> Trained:
     """Stage 1: the CNN learns night lights (classes or values) on chips of its own, in a child MLflow run.
     Stage 2: its encoder features (averaged over the test-time views and each cluster's chips) -> ridge, alpha
     chosen by grouped CV inside the training folds; every cluster scored once, out of fold."""
     store1 = stage1_store(domain, cfg, progress)
-    task = "classification" if cfg.earth.label_classes else "regression"
-    model = ModelConfig.model_validate({**cfg.model.model_dump(), "task": task, "sigmoid": False})
     plan = CnnPlan.of(cfg)
-    plan1 = plan.stage(model, SplitConfig.model_validate({**STAGE1_SPLIT, "seed": cfg.split.seed}),
-                       cfg.out / "stage1")
+    plan1 = stage1_plan(cfg)
+    model, task = plan1.fit.model, plan1.fit.model.task
     s1_run = None
     if run_id:
         params = {"stage": "1", "task": task, "chips": len(store1.index), "label": cfg.earth.label_name,

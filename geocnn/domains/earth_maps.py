@@ -117,9 +117,6 @@ def map_scene(bundle: Bundle, scenes: list[str], out_dir: Path, stride_px: int |
 def scenes_of(bundle: Bundle, scenes: list[str] | None, source: Any = "the model") -> list[str]:
     """The scenes to map: those given, else the ones the model was trained on."""
     chosen = list(scenes or bundle.preprocessing.chips.scenes)
-    if bundle.preprocessing.domain != "earth":
-        raise GeocnnError(f"{source}: not an Earth model (a {bundle.preprocessing.domain} model); maps need a "
-                          "bundle from an Earth experiment (data.format survey or synthetic_earth)")
     if not chosen:
         raise GeocnnError(f"{source}: the model was trained on tiles and names no scene; give --scene SCENE.tif")
     return chosen

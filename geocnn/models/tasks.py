@@ -340,9 +340,7 @@ class VoteFractions(Regression):
             if "missing, NaN" in str(exc):
                 raise GeocnnError(str(exc) + _FRACTION_HINT) from None
             raise
-        out = Catalog(frame=frame, targets=list(catalog.targets), source=catalog.source, classes=[])
-        self.check_targets(Targets(out.targets, []))
-        return out
+        return Catalog(frame=frame, targets=list(catalog.targets), source=catalog.source, classes=[])
 
     def check_targets(self, targets: Targets) -> None:
         if targets.names != KAGGLE_TREE.columns:
@@ -436,6 +434,10 @@ def _numeric_targets(catalog: Catalog, *, fractions: bool = False, counts: bool 
     """The catalog frame with its targets checked finite (fractions in [0, 1], counts >= 0) and as float64."""
     if not catalog.targets:
         raise GeocnnError(f"{catalog.source}: no target columns; set data.targets to the column(s) to learn.")
+    if catalog.classes:
+        raise GeocnnError(f"{catalog.source}: the target {catalog.targets} is a class label (e.g. data.format "
+                          "'folders': one subfolder per class); set model.task=classification, or use a csv catalog "
+                          "with numeric targets.")
     frame = catalog.frame.copy()
     validate_targets(frame, catalog.targets, catalog.source, fractions=fractions, counts=counts)
     for col in catalog.targets:

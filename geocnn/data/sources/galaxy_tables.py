@@ -360,9 +360,9 @@ def _table_catalog(path: Path, images: Path | str | None, *, id_column: str | No
         if col in raw.columns:
             frame[col] = pd.to_numeric(raw[col], errors="coerce").to_numpy(dtype=float)
     used = {id_column, file_column, *frame.columns}
-    for col in raw.columns:
-        if col not in used and col not in RESERVED:
-            frame[col] = passthrough(raw[col]).to_numpy()
+    kept = {col: passthrough(raw[col]).to_numpy() for col in raw.columns if col not in used and col not in RESERVED}
+    if kept:
+        frame = pd.concat([frame, pd.DataFrame(kept, index=frame.index)], axis=1)
     return Catalog(frame=frame, targets=targets, source=source, classes=[])
 
 

@@ -86,10 +86,8 @@ def read_survey(path: str | Path, lat_column: str = "lat", lon_column: str = "lo
         out[WEIGHT] = _numbers(raw[weight_column], source, weight_column, row)
         _check_weights(out[WEIGHT], source, weight_column, row)
     used = {lat_column, lon_column, *out.columns} | ({id_column} if id_column else set())
-    for column in raw.columns:
-        if column not in used:
-            out[column] = _as_read(raw[column]).to_numpy()
-    return out
+    kept = {column: _as_read(raw[column]).to_numpy() for column in raw.columns if column not in used}
+    return pd.concat([out, pd.DataFrame(kept, index=out.index)], axis=1) if kept else out
 
 
 def _as_read(values: pd.Series) -> pd.Series:

@@ -14,8 +14,15 @@ from geocnn.data.sources.images import crop_resize
 from geocnn.config import SplitConfig
 from geocnn.errors import GeocnnError
 from geocnn.data.splits import assign_splits, split_store
-from geocnn.data.store import CHIPS, META, ChipStore, band_stats, build_galaxy_store
+from geocnn.data.chips import ChipSpec
+from geocnn.data.store import CHIPS, META, ChipStore, band_stats, build_store
 from tests.conftest import write_rgb
+
+
+def build_galaxy_store(catalog: Catalog, root: Path, crop: int, chip_size: int, channels: str = "rgb",
+                       progress: bool = False) -> ChipStore:
+    """A store of image files, centre-cropped then resized (the galaxy domain's chip spec)."""
+    return build_store(catalog, ChipSpec(out_px=chip_size, crop=crop, channels=channels), root, progress=progress)
 
 N = 30
 SIZE = 32
@@ -116,7 +123,7 @@ def test_changed_chip_parameters_give_a_new_store(tmp_path: Path, catalog: Catal
     first = build_galaxy_store(catalog, tmp_path / "stores", **base, progress=False)
     second = build_galaxy_store(catalog, tmp_path / "stores", **(base | change), progress=False)
     assert second.root != first.root
-    assert second.meta["params"]["chip_size"] == (base | change)["chip_size"]
+    assert second.spec.out_px == (base | change)["chip_size"] and second.spec.crop == (base | change)["crop"]
 
 
 def test_changed_targets_give_a_new_store(tmp_path: Path, catalog: Catalog) -> None:

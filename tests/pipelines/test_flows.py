@@ -40,7 +40,7 @@ def small_catalog(folder: Path, n: int = 12) -> Path:
 
 
 def test_ingest_is_cached_by_input_content(tmp_path: Path) -> None:
-    from pipelines.galaxy import ingest_task
+    from pipelines.experiment import ingest_task
 
     catalog = small_catalog(tmp_path / "imgs")
     cfg = load_config(overrides=[f"data.catalog={catalog}", "data.targets=[morphology]", "data.crop=40",
@@ -100,7 +100,7 @@ def test_io_tasks_retry_transient_errors_but_not_bad_input() -> None:
 
 def test_predict_flow_reports_what_it_processed(tmp_path: Path) -> None:
     from pipelines.predict import predict_flow
-    from tests.test_watch import drop, galaxy_bundle
+    from tests.serving.test_watch import drop, galaxy_bundle
 
     model = galaxy_bundle(tmp_path / "bundle")
     inbox, out = tmp_path / "inbox", tmp_path / "out"
@@ -116,7 +116,8 @@ def test_predict_flow_reports_what_it_processed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["61 * * * *", "every day"])
 def test_serve_refuses_a_bad_cron(tmp_path: Path, bad: str) -> None:
-    from geocnn.serving.schedules import deployments, plan
+    from geocnn.serving.schedules import plan
+    from pipelines.deployments import deployments
 
     cfg = load_config(overrides=["name=x", f"schedule.input_dir={tmp_path / 'in'}"])
     p = plan(cfg, tmp_path / "x.yaml", [], None, bad)
@@ -146,7 +147,7 @@ def test_retrain_flow_registers_each_run_and_keeps_the_champion_on_a_tie(tmp_pat
         "data": {"format": "csv", "catalog": str(catalog), "targets": ["morphology"], "crop": 48, "chip_size": 24,
                  "store_root": str(tmp_path / "stores")},
         "split": {"method": "stratified", "val_fraction": 0.3, "test_fraction": 0.2},
-        "model": {"backbone": "resnet10t", "task": "classification"},
+        "model": {"backbone": "test_resnet", "task": "classification"},
         "train": {"epochs": 1, "batch_size": 16, "num_threads": 2}, "augment": {"tta_views": 1}}))
     first = retrain_flow(str(config))
     second = retrain_flow(str(config))  # same data, same seed: the same validation score, so no promotion

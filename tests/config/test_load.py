@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 import geocnn.config as config_mod
-from geocnn.config import DATA_ENV, ExperimentConfig, apply_overrides, expand_env, flatten, load_config
+from geocnn.config import (DATA_ENV, EarthExperiment, GalaxyExperiment, apply_overrides, expand_env, flatten,
+                           load_config)
 from geocnn.errors import GeocnnError
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((PROJECT / "configs").glob("*.yaml"))
 
 
@@ -206,7 +207,7 @@ def test_invalid_yaml_errors(tmp_path: Path) -> None:
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, ""))
-    assert cfg == ExperimentConfig()
+    assert cfg == GalaxyExperiment()
     assert cfg.train.epochs == 20 and cfg.data.crop == 207
 
 
@@ -249,7 +250,7 @@ def test_there_are_shipped_configs() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_config_loads(path: Path) -> None:
     cfg = load_config(path)
-    assert isinstance(cfg, ExperimentConfig)
+    assert isinstance(cfg, EarthExperiment if path.name.startswith("poverty") else GalaxyExperiment)
     raw = yaml.safe_load(expand_env(path.read_text()))
     # the values written in the file are the values loaded (nothing silently dropped)
     flat = flatten(cfg)

@@ -526,7 +526,7 @@ def test_geonet_vote_fractions() -> None:
 
 
 def test_geonet_vote_fractions_needs_kaggle_columns() -> None:
-    with pytest.raises(ValueError, match="37 Kaggle columns"):
+    with pytest.raises(GeocnnError, match="37 Kaggle columns"):
         GeoNet(NetSpec("resnet18", 3, "vote_fractions", list(reversed(KAGGLE_TREE.columns))))
 
 

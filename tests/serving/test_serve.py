@@ -15,7 +15,7 @@ import pytest
 
 from geocnn.serving.schedules import free_port
 from geocnn.serving.watch import Ledger
-from tests.test_watch import drop, galaxy_bundle
+from tests.serving.test_watch import drop, galaxy_bundle
 
 GEOCNN = [sys.executable, "-m", "geocnn.cli"]
 
@@ -100,9 +100,10 @@ def test_served_prediction_deployment_processes_each_drop_exactly_once(tmp_path:
 def test_training_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
-    from geocnn.inference.bundle import load_bundle, resolve_model
     from geocnn.config import load_config
-    from geocnn.domains.base import run_experiment
+    from geocnn.domains import run_experiment
+    from geocnn.inference.bundle import load_bundle
+    from geocnn.tracking.model_uri import resolve_model
     from geocnn.synthetic.galaxies import make_galaxies
 
     port = free_port()
@@ -127,7 +128,7 @@ def test_training_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pyte
         cfg = load_config(overrides=[
             "name=served_mlflow", f"output_dir={tmp_path / 'run'}", f"data.store_root={tmp_path / 'stores'}",
             "data.format=csv", f"data.catalog={catalog}", "data.targets=[morphology]", "data.crop=48",
-            "data.chip_size=32", "split.method=stratified", "model.backbone=resnet10t", "train.epochs=2",
+            "data.chip_size=32", "split.method=stratified", "model.backbone=test_resnet", "train.epochs=2",
             "augment.tta_views=1", "tracking.experiment=over_http"])
         summary = run_experiment(cfg, progress=False)
         client = MlflowClient(url)
@@ -168,7 +169,7 @@ def test_prefect_yaml_deploys_to_a_work_pool_and_a_worker_runs_it(tmp_path: Path
 
     from geocnn.serving.schedules import prefect_api
 
-    project = Path(__file__).resolve().parents[1]
+    project = Path(__file__).resolve().parents[2]
     model = galaxy_bundle(tmp_path / "bundle")
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     drop(inbox, ["w1.png", "w2.png"], seed=3)

@@ -1,4 +1,4 @@
-"""The Earth pipeline on generated scenes: two-stage transfer vs night lights, direct CNN, exports, MLflow, Prefect."""
+"""The Earth domain on generated scenes: two-stage transfer vs night lights, direct CNN, exports, MLflow, Prefect."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ import rasterio
 from mlflow import MlflowClient
 
 from geocnn.config import load_config
+from geocnn.domains import run_experiment
+from geocnn.domains.earth_maps import map_scene
+from geocnn.errors import GeocnnError
+from geocnn.inference.bundle import load_bundle
+from geocnn.inference.predict import Forward
+from geocnn.tracking.model_uri import resolve_model
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def demo_overrides(tmp_path: Path, *extra: str) -> list[str]:
@@ -29,14 +35,14 @@ def two_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One two-stage run through the Prefect flow (no server), shared by the assertions below."""
     import os
 
-    from pipelines.poverty import poverty_flow
+    from pipelines.experiment import experiment_flow
 
     tmp = tmp_path_factory.mktemp("two_stage")
     old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "GEOCNN_MLFLOW_ARTIFACTS")}
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     os.environ["GEOCNN_MLFLOW_ARTIFACTS"] = str(tmp / "mlartifacts")
     try:
-        summary = poverty_flow(str(CONFIGS / "poverty_demo.yaml"), demo_overrides(tmp), progress=False)
+        summary = experiment_flow(str(CONFIGS / "poverty_demo.yaml"), demo_overrides(tmp), progress=False)
     finally:
         for k, v in old.items():
             if v is None:
@@ -68,7 +74,8 @@ def test_cluster_exports_agree_and_hold_every_cluster_once(two_stage: tuple[Path
     csv = pd.read_csv(tmp / "run" / "predictions.csv", dtype={"id": str})
     pq = pd.read_parquet(tmp / "run" / "predictions.parquet")
     assert len(csv) == 160 and csv["id"].is_unique
-    assert np.allclose(csv["prediction"], pq["prediction"]) and np.allclose(csv["wealth"], pq["wealth"])
+    assert np.allclose(csv["pred_wealth"], pq["pred_wealth"]) and np.allclose(csv["wealth"], pq["wealth"])
+    assert {"baseline_wealth", "baseline_nightlights_wealth", "group", "country", "urban", "n_chips"} <= set(csv)
     assert set(csv["fold"]) == {0, 1, 2, 3} and set(csv["split"]) == {"test"}
     # each country is one fold: out of country
     assert csv.groupby("group")["fold"].nunique().max() == 1
@@ -77,7 +84,7 @@ def test_cluster_exports_agree_and_hold_every_cluster_once(two_stage: tuple[Path
     f0 = gj["features"][0]
     row = csv.set_index("id").loc[str(f0["properties"]["id"])]
     assert f0["geometry"]["coordinates"] == pytest.approx([row["lon"], row["lat"]])
-    assert f0["properties"]["prediction"] == pytest.approx(row["prediction"])
+    assert f0["properties"]["pred_wealth"] == pytest.approx(row["pred_wealth"])
 
 
 def test_map_is_on_the_scene_grid_with_nan_nodata(two_stage: tuple[Path, dict]) -> None:
@@ -104,48 +111,43 @@ def test_map_is_on_the_scene_grid_with_nan_nodata(two_stage: tuple[Path, dict]) 
 
 def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, dict],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    _, summary = two_stage
+    tmp, summary = two_stage
     client = MlflowClient(summary["tracking_uri"])
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test/r2"] == pytest.approx(summary["metrics"]["test/r2"])
     assert "stage1/test/balanced_accuracy" in run.data.metrics
-    # stage 1 is its own run, a child of this one, with its epoch curves and the CNN model
+    # stage 1 is its own run, a child of this one, with its epoch curves and held-out night-light metrics
     s1 = client.get_run(run.data.tags["geocnn.stage1_run_id"])
     assert s1.info.status == "FINISHED" and s1.data.tags["mlflow.parentRunId"] == run.info.run_id
     assert len(client.get_metric_history(s1.info.run_id, "val/loss")) == 4  # one point per epoch
     assert "test/balanced_accuracy" in s1.data.metrics
     arts = {a.path for folder in ("plots", "maps", "predictions") for a in client.list_artifacts(run.info.run_id, folder)}
-    assert {"plots/pred_vs_observed.png", "plots/residual_map.png", "maps/prediction.tif",
+    assert {"plots/pred_vs_true.png", "plots/residual_map.png", "maps/prediction.tif",
             "predictions/predictions.geojson"} <= arts
     versions = client.search_model_versions("name='test_poverty'")
     assert versions and versions[0].run_id == run.info.run_id
     assert client.get_model_version_by_alias("test_poverty", "champion").version == versions[0].version
-    cnn = client.search_model_versions("name='test_poverty_cnn'")
-    assert cnn and cnn[0].run_id == s1.info.run_id
-    # the stage-2 model loads and predicts from stage-1 features
+    # the registered model is the bundle with its stage-2 ridge: raw chips in, wealth out, as the loop predicts
     mlflow.set_tracking_uri(summary["tracking_uri"])
-    ridge = mlflow.sklearn.load_model(summary["model_uri"])
-    assert ridge.predict(np.zeros((1, ridge.n_features_in_))).shape == (1,)
-    # promotion: scored on the inner-CV validation R2 (never test); the champion alias resolves to the CNN bundle
-    # with its stage-2 ridge, which is what scheduled map prediction fetches
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
+    bundle = load_bundle(resolve_model("models:/test_poverty@champion"))
+    assert bundle.preprocessing.stage2 is not None and bundle.preprocessing.stage2.target == "wealth"
+    store_chips = np.load(next((tmp / "stores").glob("*/chips.npy")), mmap_mode="r")[:3]
+    pyfunc = mlflow.pyfunc.load_model(summary["model_uri"])
+    want = Forward(bundle.net, bundle.tta_views, "cpu", head=bundle.stage2)(np.nan_to_num(np.asarray(store_chips)))
+    np.testing.assert_allclose(pyfunc.predict(np.nan_to_num(np.asarray(store_chips))), want, rtol=1e-5, atol=1e-5)
+    # promotion: scored on the inner-CV validation R2 (never test)
     tags = client.get_model_version("test_poverty", versions[0].version).tags
     assert tags["geocnn.promotion.metric"] == "validation/r2" and tags["geocnn.promotion.promoted"] == "True"
     assert float(tags["geocnn.promotion.candidate"]) == pytest.approx(run.data.metrics["validation/r2"])
-    from geocnn.inference.bundle import resolve_model
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
-    bundle_dir = resolve_model("models:/test_poverty@champion")
-    assert (bundle_dir / "bundle.json").exists() and (bundle_dir / "stage2_ridge.json").exists()
 
 
 def test_direct_cnn_with_country_folds_beats_the_train_mean(tmp_path: Path) -> None:
-    from geocnn.domains.earth import run_poverty
-
     cfg = load_config(CONFIGS / "poverty_demo.yaml", demo_overrides(
         tmp_path, "two_stage.enabled=false", "model.task=regression", "earth.synthetic_clusters=240",
         "earth.chips_per_cluster=2", "train.epochs=8", "maps.enabled=false", "tracking.enabled=false", "split.folds=2", "split.val_fraction=0.2"))
-    m = run_poverty(cfg, progress=False)["metrics"]
+    m = run_experiment(cfg, progress=False)["metrics"]
     print("direct:", {k: round(v, 3) for k, v in m.items() if k.count("/") == 1})
     assert m["test/n"] == 240
     # 240 clusters, 2 folds of 2 countries: little data for a CNN trained on the survey target alone (which is why
@@ -154,22 +156,18 @@ def test_direct_cnn_with_country_folds_beats_the_train_mean(tmp_path: Path) -> N
 
 
 def test_map_command_reproduces_the_pipeline_map_from_the_bundle(two_stage: tuple[Path, dict]) -> None:
-    from geocnn.domains.earth import map_from_bundle
-
     tmp, _ = two_stage
-    paths = map_from_bundle(str(tmp / "run" / "bundle"), tmp / "again")
+    bundle = load_bundle(tmp / "run" / "bundle")
+    paths = map_scene(bundle, bundle.preprocessing.chips.scenes, tmp / "again")
     with rasterio.open(paths["map_tif"]) as a, rasterio.open(tmp / "run" / "maps" / "prediction.tif") as b:
         x, y = a.read(1), b.read(1)
     assert (np.isnan(x) == np.isnan(y)).all()
-    assert np.nanmax(np.abs(x - y)) < 1e-4  # stage-2 ridge from JSON == the sklearn pipeline
+    assert np.nanmax(np.abs(x - y)) < 1e-5  # the same bundle, views and stage 2 through the same loop
 
 
 def test_map_with_a_scene_of_other_bands_names_the_mismatch(two_stage: tuple[Path, dict], shared_data: Path) -> None:
-    from geocnn.errors import GeocnnError
-    from geocnn.domains.earth import map_from_bundle
-
     tmp, _ = two_stage
     other = shared_data / "satellite/landsat/landsat7_bahamas_rgb_300m.tif"
     with pytest.raises(GeocnnError, match=r"3 band\(s\).*expects 4"):
-        map_from_bundle(str(tmp / "run" / "bundle"), tmp / "bad", scenes=[str(other)])
+        map_scene(load_bundle(tmp / "run" / "bundle"), [str(other)], tmp / "bad")
     assert not (tmp / "bad" / "prediction.tif").exists()

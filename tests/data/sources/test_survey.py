@@ -36,7 +36,9 @@ def test_dhs_clusters(shared_data: Path) -> None:
                         urban_column="urban_rural")
     raw = pd.read_csv(path)
     assert len(frame) == 19_669
-    assert list(frame.columns) == ["id", "lat", "lon", "wealthpooled", "households", "group", "urban"]
+    assert list(frame.columns) == ["id", "lat", "lon", "wealthpooled", "households", "group", "urban",
+                                   "country", "year", "urban_rural"]  # the file's other columns, as read
+    assert frame["country"].tolist() == raw["country"].tolist() and frame["year"].dtype.kind == "i"
     assert frame["id"].iloc[0] == "1" and frame["id"].iloc[-1] == "19669" and frame["id"].is_unique
     np.testing.assert_array_equal(frame["lat"].to_numpy(), raw["lat"].to_numpy())
     np.testing.assert_array_equal(frame["lon"].to_numpy(), raw["lon"].to_numpy())
@@ -121,3 +123,17 @@ def test_csv_errors(tmp_path: Path, text: str, kwargs: dict[str, object], patter
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(GeocnnError, match=r"nothere\.csv: survey file does not exist"):
         read_survey(tmp_path / "nothere.csv")
+
+
+def test_urban_codes_as_numbers_and_an_explicit_unknown(tmp_path: Path) -> None:
+    """1/0, 1.0/0.0 (a float column), 1/2 (DHS v025, 2 = rural) and configured 'not known' values."""
+    path = tmp_path / "codes.csv"
+    pd.DataFrame({"lat": [1.0, 2.0, 3.0, 4.0, 5.0], "lon": [1.0, 2.0, 3.0, 4.0, 5.0], "y": [1, 2, 3, 4, 5],
+                  "u": [1.0, 0.0, 1.0, 9.0, 0.0]}).to_csv(path, index=False)
+    frame = read_survey(path, targets=["y"], urban_column="u", urban_unknown=["9"])
+    assert frame["urban"].tolist() == ["urban", "rural", "urban", "unknown", "rural"]
+    assert frame["u"].tolist() == [1.0, 0.0, 1.0, 9.0, 0.0]  # the column itself is kept as read
+    with pytest.raises(GeocnnError, match=r"row 5, column 'u': '9' is not an urban/rural code.*earth.urban_unknown"):
+        read_survey(path, targets=["y"], urban_column="u", urban_unknown=["unknown"])
+    pd.DataFrame({"lat": [1.0, 2.0], "lon": [1.0, 2.0], "y": [1, 2], "u": ["1", "2"]}).to_csv(path, index=False)
+    assert read_survey(path, targets=["y"], urban_column="u")["urban"].tolist() == ["urban", "rural"]

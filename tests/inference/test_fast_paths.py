@@ -11,7 +11,8 @@ from rasterio.windows import Window
 from geocnn.data.augment import augment_batch
 from geocnn.config import AugmentConfig
 from geocnn.data.datamodule import EpochShuffledBatches, resolve_workers
-from geocnn.inference.sliding import BLOCK_PX, predict_map, raster_reader
+from geocnn.inference.sliding import BLOCK_PX, raster_reader
+from geocnn.outputs.cog import predict_map
 
 
 def band_mean(batch: np.ndarray) -> np.ndarray:

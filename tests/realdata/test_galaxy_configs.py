@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from geocnn.config import load_config
-from geocnn.domains.base import ingest, run_experiment
+from geocnn.domains import ingest, run_experiment
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def run_shipped(name: str, tmp_path: Path, *extra: str) -> dict[str, float]:

@@ -10,23 +10,23 @@ import pandas as pd
 import pytest
 import rasterio
 
+from geocnn.data.chips import ChipSource, ChipSpec
+from geocnn.domains.earth_maps import map_scene
+from geocnn.inference.bundle import load_bundle
+from geocnn.inference.predict import Forward
 from geocnn.serving.batch import predict_new
-from geocnn.inference.bundle import load_bundle, save_bundle
-from geocnn.models.network import GeoNet, NetSpec
-from geocnn.inference.predict import load_chips, predict_array
 from geocnn.serving.watch import BATCHES, Ledger, exclusive
+from geocnn.synthetic.earth import make_scene
 from tests.conftest import write_rgb
+from tests.helpers import write_bundle
 
 CLASSES = ["elliptical", "spiral", "edge_on"]
 
 
 def galaxy_bundle(path: Path) -> Path:
     """A small untrained classifier bundle (the predictions are checked against direct prediction, not truth)."""
-    spec = NetSpec(backbone="resnet10t", in_chans=3, task="classification", targets=["morphology"], classes=CLASSES,
-                   mean=[120.0] * 3, std=[60.0] * 3)
-    pre = {"kind": "galaxy", "crop": 48, "chip_size": 32, "channels": "rgb", "bands": ["r", "g", "b"],
-           "dtype": "uint8"}
-    return save_bundle(GeoNet(spec, weights="random"), path, pre, tta_views=2)
+    return write_bundle(path, ChipSpec(out_px=32, crop=48), ["red", "green", "blue"], classes=tuple(CLASSES),
+                        tta_views=2, mean=120.0, std=60.0)
 
 
 def drop(inbox: Path, names: list[str], seed: int = 0) -> list[Path]:
@@ -47,12 +47,14 @@ def test_new_images_are_predicted_once_and_bad_files_retried(tmp_path: Path) -> 
 
     first = run(inbox, out, model)
     assert (first["n_new"], first["n_done"], first["n_failed"]) == (4, 3, 1)
-    assert "broken.png" in first["failures"] and "cannot identify image" in first["failures"]["broken.png"]
+    assert "broken.png" in first["failures"] and "corrupt or not an image" in first["failures"]["broken.png"]
     table = pd.read_parquet(out / "predictions.parquet")
     assert sorted(table["id"]) == ["a.png", "b.jpg", "sub/c.png"]
     # values: the same as predicting the files directly with the bundle (same preprocessing, same TTA)
     bundle = load_bundle(model)
-    direct = predict_array(bundle, load_chips(good, 48, 32, "rgb"))
+    with ChipSource(bundle.preprocessing.chips) as src:
+        chips = np.stack([src.make({"id": p.name, "image": str(p)})[0].pixels for p in good])
+    direct = Forward(bundle.net, bundle.tta_views)(chips)
     got = table.set_index("id").loc[["a.png", "b.jpg", "sub/c.png"], [f"prob_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_allclose(got, direct, atol=1e-5)
     assert pd.read_csv(out / "predictions.csv")["id"].tolist() == table["id"].tolist()
@@ -135,19 +137,12 @@ def test_missing_watch_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_new_scenes_are_mapped_and_a_corrupt_one_fails_alone(tmp_path: Path) -> None:
-    from geocnn.config import EarthConfig
-    from geocnn.domains.earth import map_from_bundle
-    from geocnn.synthetic.earth import make_scene
-
     paths = make_scene(tmp_path / "scene", size_px=256, n_clusters=20, seed=1)
     with rasterio.open(paths["scene"]) as src:
-        bands = list(src.descriptions) if all(src.descriptions) else [f"b{i}" for i in range(1, src.count + 1)]
-        n = src.count
-    spec = NetSpec(backbone="resnet10t", in_chans=n, task="regression", targets=["wealth"], mean=[0.1] * n,
-                   std=[0.05] * n)
-    earth = EarthConfig(scenes=[str(paths["scene"])], chip_px=32).model_dump()
-    pre = {"kind": "earth", "chip_size": 32, "bands": bands, "dtype": "float32", "earth": earth}
-    model = save_bundle(GeoNet(spec, weights="random"), tmp_path / "bundle", pre, tta_views=1)
+        bands = list(src.descriptions)
+    chips = ChipSpec(out_px=32, files=False, scenes=[str(paths["scene"])], chip_px=32, max_nodata_fraction=0.5)
+    model = write_bundle(tmp_path / "bundle", chips, bands, domain="earth", task="regression", targets=("wealth",),
+                         mean=0.1, std=0.05, dtype="float32")
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()
     shutil.copy(paths["scene"], inbox / "tile_a.tif")
@@ -157,7 +152,7 @@ def test_new_scenes_are_mapped_and_a_corrupt_one_fails_alone(tmp_path: Path) -> 
     assert "tile_bad.tif" in summary["failures"]
     table = pd.read_parquet(out / "predictions.parquet")
     assert table["id"].tolist() == ["tile_a.tif"]
-    direct = map_from_bundle(str(model), tmp_path / "direct", [str(inbox / "tile_a.tif")], 32)
+    direct = map_scene(load_bundle(model), [str(inbox / "tile_a.tif")], tmp_path / "direct", 32)
     with rasterio.open(table.loc[0, "map_tif"]) as a, rasterio.open(direct["map_tif"]) as b:
         assert a.crs == b.crs and a.transform == b.transform
         va, vb = a.read(1), b.read(1)

@@ -12,10 +12,17 @@ import pandas as pd
 import pytest
 import rasterio
 
-from geocnn.config import EarthConfig, load_config
+from geocnn.config import load_config
+from geocnn.data.catalog import Catalog
+from geocnn.data.chips import ChipSpec
+from geocnn.data.store import LabelSpec, build_store
+from geocnn.domains import ingest, run_experiment
+from geocnn.domains.earth_maps import map_scene
+from geocnn.inference.bundle import load_bundle
+from tests.helpers import write_bundle
 from geocnn.errors import GeocnnError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def dhs_config(tmp_path: Path, *extra: str):  # noqa: ANN201
@@ -24,15 +31,12 @@ def dhs_config(tmp_path: Path, *extra: str):  # noqa: ANN201
 
 
 def test_dhs_chips_around_every_cluster_from_black_marble_and_worldclim(shared_data: Path, tmp_path: Path) -> None:
-    from geocnn.domains.earth_store import ingest_report
-    from geocnn.domains.earth import ingest_survey
-
     wc = shared_data / "satellite/worldclim"
     layers = (f"earth.layers=[{wc / 'wc2.0_bio_10m_05_max_temp_warmest_month.tif'}, "
               f"{wc / 'wc2.0_bio_10m_12_annual_precipitation.tif'}]")
-    store = ingest_survey(dhs_config(tmp_path, layers), progress=False)
+    store = ingest(dhs_config(tmp_path, layers), progress=False)
     assert store.meta["shape"] == [19669, 3, 16, 16]
-    assert ingest_report(store)["chips_dropped_nodata"] == 0
+    assert store.report["chips_dropped_nodata"] == 0
     idx = store.index
     assert idx["group"].nunique() == 23 and set(idx["urban"]) == {"urban", "rural"}
     chips = store.chips
@@ -45,21 +49,17 @@ def test_dhs_chips_around_every_cluster_from_black_marble_and_worldclim(shared_d
     temp = np.nanmean(chips[:, 1], axis=(1, 2))
     assert 15 < np.nanpercentile(temp, 5) and np.nanpercentile(temp, 95) < 45
     # A rebuild with the same inputs reuses the store.
-    assert ingest_survey(dhs_config(tmp_path, layers), progress=False).root == store.root
+    assert ingest(dhs_config(tmp_path, layers), progress=False).root == store.root
 
 
 def test_survey_split_is_never_random(shared_data: Path, tmp_path: Path) -> None:
-    from geocnn.domains.earth import run_poverty
-
-    with pytest.raises(GeocnnError, match="split.method=grouped"):
-        run_poverty(dhs_config(tmp_path, "split.method=random", "tracking.enabled=false"), progress=False)
+    with pytest.raises(GeocnnError, match="split.method=grouped"):  # refused when the config is loaded
+        dhs_config(tmp_path, "split.method=random", "tracking.enabled=false")
 
 
 @pytest.mark.slow
 def test_dhs_out_of_country_cnn_ties_or_beats_night_light_gradient_boosting(shared_data: Path, tmp_path: Path) -> None:
-    from geocnn.domains.earth import run_poverty
-
-    summary = run_poverty(dhs_config(tmp_path, "tracking.enabled=false", "maps.enabled=true"), progress=False)
+    summary = run_experiment(dhs_config(tmp_path, "tracking.enabled=false", "maps.enabled=true"), progress=False)
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     print("dhs:", json.dumps({k: round(v, 4) for k, v in m.items() if k.count("/") <= 2}))
     assert m["test/n"] == 19669
@@ -86,12 +86,6 @@ def test_dhs_out_of_country_cnn_ties_or_beats_night_light_gradient_boosting(shar
     assert np.corrcoef(ours[both], theirs[both])[0, 1] > 0.4  # agrees with Yeh et al.'s published map (0.51 measured)
 
 
-def random_net(in_chans: int):  # noqa: ANN201
-    from geocnn.models.network import GeoNet, NetSpec
-
-    return GeoNet(NetSpec(backbone="test_resnet", in_chans=in_chans, task="regression", targets=["y"]), "random")
-
-
 @pytest.mark.parametrize(("scene", "bands"), [
     ("satellite/landsat/landsat7_bahamas_rgb_300m.tif", None),
     ("satellite/landsat/LC08_107035_20150502/LC81070352015122LGN00_{band}.tif", ["B4", "B3", "B2"]),
@@ -100,11 +94,11 @@ def random_net(in_chans: int):  # noqa: ANN201
 ])
 def test_map_export_keeps_the_source_grid_and_nodata(shared_data: Path, tmp_path: Path, scene: str,
                                                      bands: list[str] | None) -> None:
-    from geocnn.domains.earth import map_scene
-
     path = str(shared_data / scene)
-    earth = EarthConfig(scenes=[path], bands=bands, chip_px=32)
-    paths = map_scene(random_net(3), None, earth, 16, "wealth", tmp_path, stride_px=32)
+    chips = ChipSpec(out_px=16, files=False, scenes=[path], bands=bands, chip_px=32, max_nodata_fraction=0.5)
+    model = write_bundle(tmp_path / "bundle", chips, ["a", "b", "c"], domain="earth", task="regression",
+                         targets=("wealth",), dtype="float32")
+    paths = map_scene(load_bundle(model), [path], tmp_path, stride_px=32)
     first = path.format(band=bands[0]) if bands and "{band}" in path else path
     with rasterio.open(first) as src, rasterio.open(paths["map_tif"]) as out:
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
@@ -118,15 +112,14 @@ def test_map_export_keeps_the_source_grid_and_nodata(shared_data: Path, tmp_path
 
 
 def test_viirs_and_dmsp_clips_as_label_rasters(shared_data: Path, tmp_path: Path) -> None:
-    from geocnn.domains.earth_store import build_earth_store
-
     nl = shared_data / "satellite/nightlights"
     # Sao Tome: the capital (NE coast) is lit, the forested south-west is dark.
     points = pd.DataFrame({"id": ["city", "south", "centre"], "lat": [0.336, 0.10, 0.25], "lon": [6.727, 6.55, 6.60]})
-    cfg = load_config(base={"data": {"store_root": str(tmp_path), "chip_size": 8},
-                            "earth": {"scenes": [str(nl / "dmsp_ols_sao_tome_1992.tif")], "chip_m": 3000,
-                                      "label_raster": str(nl / "viirs_sao_tome_2014-01.tif")}})
-    store = build_earth_store(points, [], cfg, 8, kind="stage1", progress=False)
+    spec = ChipSpec(out_px=8, files=False, scenes=[str(nl / "dmsp_ols_sao_tome_1992.tif")], chip_m=3000,
+                    label_raster=str(nl / "viirs_sao_tome_2014-01.tif"), max_nodata_fraction=1.0)
+    store = build_store(Catalog(points, [], "sao tome points"), spec, tmp_path, LabelSpec(as_target=True),
+                        progress=False)
+    assert store.targets == ["nightlights"]
     v = store.index.set_index("id")["nightlights_value"]
     assert np.isfinite(v).all() and (v > -0.1).all()  # VIIRS monthly radiance has small negative noise
     assert v["city"] > 5 * v["south"] and v["city"] > 1.0  # VIIRS radiance, nW/cm2/sr

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from geocnn.config import load_config
 from geocnn.errors import GeocnnError
-from geocnn.domains.base import run_experiment
+from geocnn.domains import run_experiment
 from geocnn.tracking.registry import better, check_metric, promotion_direction, split_signature
 from geocnn.synthetic.galaxies import make_galaxies
 from geocnn.tracking.runs import tracking_uri
@@ -28,7 +28,7 @@ def train(tmp_path: Path, catalog: Path, tag: str, *extra: str) -> dict:
     cfg = load_config(overrides=[
         f"name={NAME}", f"output_dir={tmp_path / tag}", f"data.store_root={tmp_path / 'stores'}", "data.format=csv",
         f"data.catalog={catalog}", "data.targets=[morphology]", "data.crop=48", "data.chip_size=32",
-        "split.method=stratified", "split.val_fraction=0.25", "split.test_fraction=0.2", "model.backbone=resnet10t",
+        "split.method=stratified", "split.val_fraction=0.25", "split.test_fraction=0.2", "model.backbone=test_resnet",
         "model.task=classification", "train.batch_size=32", "augment.tta_views=1", "train.num_threads=2", *extra])
     return run_experiment(cfg, progress=False)
 
@@ -97,11 +97,13 @@ def test_champion_predicts_through_the_registry(tmp_path: Path, galaxies: Path) 
 def test_promotion_refuses_test_metrics_and_unknown_metrics() -> None:
     cfg = load_config(overrides=["tracking.promotion_metric=test/accuracy"])
     with pytest.raises(GeocnnError, match="must not look at test metrics"):
-        check_metric(cfg, {"test/accuracy": 0.9})
+        check_metric(cfg.tracking, "validation/accuracy", {"test/accuracy": 0.9})
     cfg = load_config(overrides=["tracking.promotion_metric=validation/f1"])
     with pytest.raises(GeocnnError, match=r"validation/accuracy"):
-        check_metric(cfg, {"validation/accuracy": 0.9})
-    assert promotion_direction(load_config(overrides=["model.task=regression"]), "validation/rmse") == "min"
+        check_metric(cfg.tracking, "validation/accuracy", {"validation/accuracy": 0.9})
+    assert check_metric(load_config().tracking, "validation/rmse", {"validation/rmse": 0.1}) == "validation/rmse"
+    assert promotion_direction(load_config().tracking, "validation/rmse") == "min"
+    assert promotion_direction(load_config().tracking, "validation/r2") == "max"
     assert better(0.1, 0.2, "min") and not better(0.2, 0.2, "max")
 
 

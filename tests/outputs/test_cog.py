@@ -16,7 +16,10 @@ from rasterio.warp import transform as warp_points
 from rasterio.windows import Window
 
 from geocnn.errors import GeocnnError
-from geocnn.inference.sliding import BLOCK_PX, Grid, predict_map, raster_reader, write_geojson_points, write_quicklook
+from geocnn.data.sources.raster import Grid
+from geocnn.inference.sliding import BLOCK_PX, raster_reader
+from geocnn.outputs.cog import predict_map, write_quicklook
+from geocnn.outputs.geojson import write_geojson_points
 
 W, H, CORNER = 300, 260, 40
 """Scene width, height (pixels) and the side of its all-bands-nodata top-left corner."""

@@ -1,18 +1,12 @@
-"""Two-stage transfer pieces: cluster means, nested grouped ridge (alpha chosen inside training folds), baselines."""
+"""Two-stage transfer pieces: nested grouped ridge (alpha chosen inside training folds), its JSON form, baselines."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from geocnn.models.ridge import cluster_means, gbm_baseline, nested_ridge, train_mean_baseline
-
-
-def test_cluster_means_average_the_chips_of_each_cluster() -> None:
-    values = np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 10.0]])
-    ids, means = cluster_means(values, np.array(["b", "b", "a"]))
-    assert list(ids) == ["a", "b"]
-    assert means.tolist() == [[10.0, 10.0], [2.0, 3.0]]
+from geocnn.evaluation.baselines import gbm_baseline, out_of_fold, train_mean_baseline
+from geocnn.models.ridge import Stage2Ridge, fit_ridge, nested_ridge
 
 
 def synthetic(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -60,3 +54,21 @@ def test_inner_cv_needs_two_groups() -> None:
     x, y, _, _ = synthetic(60)
     with pytest.raises(GeocnnError, match="groups"):
         nested_ridge(x, y, np.array(["a"] * 30 + ["b"] * 30), np.array([0] * 30 + [1] * 30), [1.0])
+
+
+def test_the_stage2_ridge_as_numbers_predicts_exactly_like_the_fitted_pipeline() -> None:
+    x, y, groups, _ = synthetic()
+    pipe = fit_ridge(x, y, groups, [1e-2, 1.0, 1e2], inner_folds=3)
+    ridge = Stage2Ridge.from_pipeline(pipe)
+    again = Stage2Ridge(**ridge.to_dict())
+    np.testing.assert_allclose(again.predict(x), pipe.predict(x), rtol=1e-10, atol=1e-10)
+    assert again.alpha in (1e-2, 1.0, 1e2)
+
+
+def test_out_of_fold_never_predicts_a_training_only_fold() -> None:
+    folds = np.array([0, 0, 1, 1, -1, -1])
+    seen = []
+    pred = out_of_fold(lambda tr, te: (seen.append((tr.copy(), te.copy())), np.full(te.sum(), 7.0))[1], folds)
+    assert np.isnan(pred[4:]).all() and (pred[:4] == 7.0).all()
+    assert len(seen) == 2 and not any(tr[te].any() for tr, te in seen)
+    assert all(tr[4:].all() for tr, _ in seen)  # fold -1 (a single split's train) always trains

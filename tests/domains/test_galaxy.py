@@ -1,4 +1,5 @@
-"""End-to-end: train on generated galaxies, beat baselines, track in MLflow, reproduce predictions, resume."""
+"""The galaxy domain end to end on generated galaxies with a tiny timm model: baselines beaten, MLflow, bundle,
+predict in another process, resume, regression, vote counts and the Galaxy Zoo decision tree."""
 
 from __future__ import annotations
 
@@ -15,11 +16,16 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from geocnn.inference.bundle import load_bundle
 from geocnn.config import load_config
-from geocnn.domains.base import ingest, run_experiment, split
+from geocnn.data.splits import split_store
+from geocnn.domains import ingest, run_experiment
+from geocnn.domains.base import epoch_logger, fail_run, open_run
+from geocnn.errors import GeocnnError
+from geocnn.inference.bundle import check_chips, load_bundle
+from geocnn.inference.predict import Forward
 from geocnn.synthetic.galaxies import make_galaxies
-from geocnn.training.fit import fit, read_state
+from geocnn.training.fit import FitSpec, fit
+from geocnn.training.resume import read_state
 
 GEOCNN = [sys.executable, "-m", "geocnn.cli"]
 
@@ -36,7 +42,7 @@ def small_config(tmp_path: Path, catalog: Path, *extra: str) -> list[str]:
         "name=test_galaxies", f"output_dir={tmp_path / 'run'}", f"data.store_root={tmp_path / 'stores'}",
         "data.format=csv", f"data.catalog={catalog}", "data.targets=[morphology]", "data.crop=48",
         "data.chip_size=32", "split.method=stratified", "split.val_fraction=0.2", "split.test_fraction=0.2",
-        "model.backbone=resnet18", "model.task=classification", "train.epochs=6", "train.batch_size=32",
+        "model.backbone=test_resnet", "model.task=classification", "train.epochs=6", "train.batch_size=32",
         "train.optimizer.lr=0.003", "augment.tta_views=4", "tracking.registered_model=test_galaxies",
         "tracking.alias=champion", *extra,
     ]
@@ -67,7 +73,8 @@ def test_classifier_beats_majority_baseline_and_is_tracked(tmp_path: Path, galax
     client = MlflowClient(mlflow.get_tracking_uri())
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.epochs"] == "6" and run.data.params["model.backbone"] == "resnet18"
+    assert run.data.params["train.epochs"] == "6" and run.data.params["model.backbone"] == "test_resnet"
+    assert not [k for k in run.data.params if k.startswith(("earth.", "two_stage.", "maps."))]
     assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["test/accuracy"])
     history = client.get_metric_history(run.info.run_id, "val/loss")
     assert [m.step for m in history] == list(range(6))
@@ -116,21 +123,19 @@ def test_bundle_roundtrip_gives_identical_outputs(tmp_path: Path, galaxies: Path
     run_experiment(cfg, progress=False)
     bundle = load_bundle(tmp_path / "run" / "bundle")
     meta = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())
-    assert meta["spec"]["backbone"] == "resnet18" and meta["spec"]["in_chans"] == 3
-    assert meta["preprocessing"]["crop"] == 48 and meta["preprocessing"]["chip_size"] == 32
-    assert meta["spec"]["classes"] == sorted(["elliptical", "spiral", "barred", "ring", "edge_on"])
-    assert len(meta["spec"]["mean"]) == 3 and meta["geocnn_version"]
+    assert meta["format"] == 2 and meta["net"]["backbone"] == "test_resnet" and meta["net"]["in_chans"] == 3
+    pre = meta["preprocessing"]
+    assert pre["chips"]["crop"] == 48 and pre["chips"]["out_px"] == 32 and pre["chips"]["files"] is True
+    assert pre["bands"] == ["red", "green", "blue"] and pre["tta_views"] == 4 and pre["domain"] == "galaxy"
+    assert pre["classes"] == sorted(["elliptical", "spiral", "barred", "ring", "edge_on"])
+    assert len(pre["mean"]) == 3 and pre["mean"] == meta["net"]["mean"] and meta["geocnn_version"]
     store = ingest(cfg, progress=False)
     chips = np.asarray(store.chips[:8])
-    from geocnn.inference.predict import predict_array
-
     table = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
-    np.testing.assert_allclose(predict_array(bundle, chips, device="cpu"), table.filter(like="prob_").to_numpy()[:8],
-                               atol=1e-6)
-    from geocnn.errors import GeocnnError
-
+    got = Forward(bundle.net, bundle.tta_views, "cpu")(chips)
+    np.testing.assert_allclose(got, table.filter(like="prob_").to_numpy()[:8], atol=1e-6)
     with pytest.raises(GeocnnError, match="expects"):
-        predict_array(bundle, chips[:, :2])  # wrong band count
+        check_chips(bundle.preprocessing, chips[:, :2].shape)  # wrong band count
 
 
 class Interrupt(L.Callback):
@@ -146,15 +151,11 @@ class Interrupt(L.Callback):
 
 def test_interrupted_training_resumes_from_last_checkpoint_in_same_mlflow_run(tmp_path: Path,
                                                                               galaxies: Path) -> None:
-    from geocnn.domains.base import open_run, train
-
     cfg = load_config(overrides=small_config(tmp_path, galaxies, "train.epochs=3"))
-    view = split(ingest(cfg, progress=False), cfg)
+    view = split_store(ingest(cfg, progress=False), cfg.split, "morphology")
     run_id = open_run(cfg)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(view, cfg, callbacks=[Interrupt(2)], progress=False)
-    from geocnn.domains.base import fail_run
-
+        fit(view, FitSpec.of(cfg), callbacks=[Interrupt(2)], progress=False)
     fail_run(run_id)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     assert read_state(cfg.out)["complete"] is False
@@ -163,14 +164,14 @@ def test_interrupted_training_resumes_from_last_checkpoint_in_same_mlflow_run(tm
 
     resumed_id = open_run(cfg)
     assert resumed_id == run_id
-    result = train(view, cfg, resumed_id, progress=False)
+    result = fit(view, FitSpec.of(cfg), epoch_logger(resumed_id), progress=False)
     assert result.resumed and result.epochs_run == 3
     assert read_state(cfg.out)["complete"] is True
     steps = [m.step for m in client.get_metric_history(run_id, "val/loss")]
     assert steps[-1] == 2 and 2 not in steps[:-1]  # epoch 2 was trained once, after the resume
 
     # A completed training is not resumed: the same command trains afresh.
-    again = fit(view, cfg, progress=False)
+    again = fit(view, FitSpec.of(cfg), progress=False)
     assert not again.resumed
 
 
@@ -204,17 +205,17 @@ def test_vote_counts_with_dirichlet_multinomial_trains(tmp_path: Path, galaxies:
 
 
 def test_prefect_flow_runs_without_server_and_writes_artifact(tmp_path: Path, galaxies: Path) -> None:
-    from pipelines.galaxy import galaxy_flow
+    from pipelines.experiment import experiment_flow
 
-    summary = galaxy_flow(None, small_config(tmp_path, galaxies, "train.epochs=1"), progress=False)
+    summary = experiment_flow(None, small_config(tmp_path, galaxies, "train.epochs=1"), progress=False)
     assert (tmp_path / "run" / "metrics.json").exists()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test/n"] == 50
     assert MlflowClient(mlflow.get_tracking_uri()).get_run(summary["run_id"]).info.status == "FINISHED"
 
-    from tests.test_flows import read_artifacts
+    from tests.pipelines.test_flows import read_artifacts
 
-    text = read_artifacts("galaxy-test-metrics")[0]["data"]
-    table = read_artifacts("galaxy-test-metrics-table")[0]
+    text = read_artifacts("galaxy-experiment")[0]["data"]
+    table = read_artifacts("galaxy-experiment-table")[0]
     assert summary["run_id"] in text and "| accuracy |" in text
     assert "250 samples from chip store" in text  # what was processed
     assert "registered version" in text and "promot" in text

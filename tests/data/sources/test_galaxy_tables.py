@@ -10,19 +10,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from geocnn.config import DataConfig
-from geocnn.errors import GeocnnError
+from geocnn.config import GalaxyData as DataConfig
+from geocnn.data.catalog import Catalog
 from geocnn.data.schema import KAGGLE_TREE
-from geocnn.data.sources.galaxy_tables import (
-    find_image_files,
-    load_image,
-    read_csv_catalog,
-    read_folders,
-    read_galaxy_catalog,
-    read_kaggle,
-    read_zoobot,
-)
+from geocnn.data.sources.galaxy_tables import read_csv_catalog, read_folders, read_kaggle, read_zoobot
+from geocnn.data.sources.galaxy_tables import read_galaxy_catalog as read_raw
+from geocnn.data.sources.images import find_image_files, load_image
+from geocnn.errors import GeocnnError
+from geocnn.models.tasks import task_spec
 from tests.conftest import write_rgb
+
+def read_galaxy_catalog(data: DataConfig, task: str) -> Catalog:
+    """A catalog as a run reads it: the reader, then the task spec's target checks and encoding."""
+    return task_spec(task).prepare(read_raw(data))
+
 
 RING_FRACTIONS = ["smooth-or-featured_featured-or-disk_fraction", "disk-edge-on_no_fraction",
                   "has-spiral-arms_no_fraction"]
@@ -370,6 +371,7 @@ def test_folders_errors(tmp_path: Path) -> None:
         read_folders(tmp_path / "two")
     with pytest.raises(GeocnnError, match="does not exist"):
         read_folders(tmp_path / "missing")
+    write_rgb(tmp_path / "two" / "b" / "y.png", size=8)
     with pytest.raises(GeocnnError, match="model.task=classification"):
         read_galaxy_catalog(DataConfig(format="folders", images=str(tmp_path / "two")), "regression")
 
