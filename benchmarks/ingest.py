@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, row  # noqa: E402
 from geocnn.config import load_config  # noqa: E402
-from geocnn.domains.earth import ingest_survey  # noqa: E402
+from geocnn.domains import ingest  # noqa: E402
 
 
 def geocnn_chips_per_s(cfg_overrides: list[str]) -> tuple[float, int]:
     cfg = load_config(overrides=cfg_overrides)
     start = time.perf_counter()
-    store = ingest_survey(cfg, progress=False)
+    store = ingest(cfg, progress=False)
     seconds = time.perf_counter() - start
     return len(store.index) / seconds, len(store.index)
 

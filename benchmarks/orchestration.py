@@ -1,8 +1,8 @@
 """Orchestration and tracking overhead: the Prefect flow with MLflow logging vs the bare library run.
 
 The same galaxy experiment (synthetic galaxies, same seed, chip store already built) runs as
-- bare: `geocnn.domains.base.run_experiment` with tracking off (no Prefect, no MLflow);
-- orchestrated: `pipelines.galaxy.galaxy_flow` (Prefect tasks, cached ingest, artifacts) logging params, per-epoch
+- bare: `geocnn.domains.run_experiment` with tracking off (no Prefect, no MLflow);
+- orchestrated: `pipelines.experiment.experiment_flow` (Prefect tasks, cached ingest, artifacts) logging params, per-epoch
   metrics, plots, tables and the model to MLflow (SQLite) and registering a version.
 Each is run twice, alternating; the best of two is compared. Prefect's temporary API server starts once per
 process (about 10 s); that one-time start is reported separately (a served deployment or `PREFECT_API_URL`
@@ -37,10 +37,9 @@ def main() -> None:
     os.environ.setdefault("PREFECT_HOME", str(tmp / "prefect"))
 
     from geocnn.config import load_config
-    from geocnn.domains.base import ingest, run_experiment
-    from geocnn.synthetic.galaxies import make_galaxies
-
+    from geocnn.domains import ingest, run_experiment
     from geocnn.inference.predict import pick_device
+    from geocnn.synthetic.galaxies import make_galaxies
 
     print(f"machine: {machine(str(pick_device(args.device)))}")
     catalog = make_galaxies(tmp / "syn", args.n, 64, seed=0)
@@ -59,7 +58,7 @@ def main() -> None:
 
     hello()
     server_start = time.perf_counter() - start
-    from pipelines.galaxy import galaxy_flow
+    from pipelines.experiment import experiment_flow
 
     bare, orchestrated = [], []
     for i in range(2):
@@ -68,7 +67,7 @@ def main() -> None:
                        progress=False)
         bare.append(time.perf_counter() - start)
         start = time.perf_counter()
-        galaxy_flow(None, [*base, f"output_dir={tmp / f'flow{i}'}"], progress=False)
+        experiment_flow(None, [*base, f"output_dir={tmp / f'flow{i}'}"], progress=False)
         orchestrated.append(time.perf_counter() - start)
         print(f"round {i + 1}: bare {bare[-1]:.1f} s, flow + MLflow {orchestrated[-1]:.1f} s", flush=True)
     b, o = min(bare), min(orchestrated)

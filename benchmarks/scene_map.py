@@ -26,8 +26,10 @@ from rasterio.windows import Window
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import device_sync, machine, peak_rss_mib, row, run_child  # noqa: E402
+from geocnn.inference.predict import Forward, pick_device  # noqa: E402
+from geocnn.inference.sliding import raster_reader  # noqa: E402
 from geocnn.models.network import GeoNet, NetSpec  # noqa: E402
-from geocnn.inference.predict import pick_device  # noqa: E402
+from geocnn.outputs.cog import predict_map  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "_data"
 
@@ -64,12 +66,9 @@ def build_net(backbone: str) -> GeoNet:
 
 def pipeline(args: argparse.Namespace) -> None:
     """Child process: model-only bursts, then the map pipeline over one scene; prints one JSON line."""
-    from geocnn.inference.sliding import predict_map, raster_reader
-    from geocnn.domains.earth import scene_predictor
-
     torch.set_num_threads(args.threads) if args.threads else None
     net = build_net(args.backbone)
-    predict = scene_predictor(net, None, args.device, compile_model=args.compile)
+    predict = Forward(net, views=1, device=args.device, compile=args.compile).batch  # what geocnn map runs
     sync = device_sync(torch.device(args.device))
     inside = {"s": 0.0}
 

@@ -28,12 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, row  # noqa: E402
 from geocnn.config import AugmentConfig, load_config  # noqa: E402
 from geocnn.data.datamodule import ChipDataModule, resolve_workers  # noqa: E402
-from geocnn.domains.base import ingest, split  # noqa: E402
-from geocnn.models.network import GeoNet  # noqa: E402
-from geocnn.training.module import GeoTask  # noqa: E402
+from geocnn.data.splits import split_store  # noqa: E402
+from geocnn.domains import ingest  # noqa: E402
 from geocnn.inference.predict import pick_device  # noqa: E402
+from geocnn.models.network import GeoNet  # noqa: E402
 from geocnn.synthetic.galaxies import make_galaxies  # noqa: E402
-from geocnn.training.fit import net_spec  # noqa: E402
+from geocnn.training.fit import FitSpec, net_spec  # noqa: E402
+from geocnn.training.module import GeoTask  # noqa: E402
 
 OFF = AugmentConfig(rotate=False, flip=False, rot90=False, translate=0.0, zoom=0.0, brightness=0.0,
                     band_brightness=0.0)
@@ -66,12 +67,13 @@ def trainer(device: torch.device, steps: int, clock: StepClock, precision: str) 
 
 def measure(cfg, view, device: torch.device, steps: int, warmup: int, in_memory: bool) -> float:  # noqa: ANN001
     """Steps per second of one configuration."""
-    spec = net_spec(view, cfg)
+    spec = net_spec(view, FitSpec.of(cfg))
     torch.manual_seed(0)
     net = GeoNet(spec, "random")
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    dm = ChipDataModule(view, spec.task, cfg.train.batch_size, cfg.train.eval_batch_size,
+    y = net.task.target_array(view.store.index, spec.target_info)
+    dm = ChipDataModule(view, y, cfg.train.batch_size, cfg.train.eval_batch_size,
                         resolve_workers(cfg.train.num_workers, device),
                         seed=0, pin_memory=device.type == "cuda")
     task = GeoTask(net, cfg.model, cfg.train.optimizer, OFF if in_memory else cfg.augment, 1, steps)
@@ -121,7 +123,7 @@ def main() -> None:
             if args.workers is not None:
                 overrides.append(f"train.num_workers={args.workers}")
             cfg = load_config(overrides=overrides)
-            view = split(ingest(cfg, progress=False), cfg)
+            view = split_store(ingest(cfg, progress=False), cfg.split, "morphology")
             fulls, refs = [], []
             for _ in range(args.repeats):  # alternated, the best of each counts (a shared machine varies)
                 fulls.append(measure(cfg, view, device, args.steps, args.warmup, in_memory=False))

@@ -91,10 +91,11 @@ def print_summary(summary: dict[str, Any]) -> None:
 def run_config(config: Path | None, overrides: list[str], no_prefect: bool) -> dict[str, Any]:
     """Validate a config (fail fast, before any flow starts), then run it as a Prefect flow or plain steps."""
     from geocnn.config import load_config
+
+    cfg = load_config(config, overrides)  # before the engine is imported: a config error answers at once
     from geocnn.domains import domain_for
     from geocnn.domains.base import run_experiment
 
-    cfg = load_config(config, overrides)
     if no_prefect:
         return run_experiment(cfg, domain_for(cfg))
     from pipelines.experiment import experiment_flow

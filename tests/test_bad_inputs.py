@@ -439,6 +439,7 @@ def test_bad_input_is_one_clear_error_with_no_output_and_inputs_untouched(case: 
         assert digest(shared / "satellite" / "formats" / "bad") == shared_before
 
 
+@pytest.mark.slow
 def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
     ctx = Ctx(tmp_path, None)
     args = _nan_target(ctx)

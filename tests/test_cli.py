@@ -44,6 +44,7 @@ def test_bad_override_and_missing_config(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "backbone: convnext_atto" in res.output and "epochs: 2" in res.output
 
 
+@pytest.mark.slow
 def test_missing_image_names_row_and_leaves_no_output(tmp_path: Path) -> None:
     from tests.conftest import write_rgb
 
@@ -88,6 +89,7 @@ def test_alias_on_unknown_model_is_clean_error() -> None:
     assert res.exit_code == 2 and "no_such_model" in res.output
 
 
+@pytest.mark.slow
 def test_demo_quick_runs_both_flows_and_beats_the_baselines(tmp_path: Path) -> None:
     """`geocnn demo` (the README's main command), in its quick form, as a user runs it: galaxies, then Earth."""
     import json

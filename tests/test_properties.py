@@ -33,6 +33,24 @@ def test_tree_head_obeys_the_decision_tree_for_any_input(raw: np.ndarray) -> Non
         np.testing.assert_allclose(total, expected, rtol=1e-9, atol=1e-12)
 
 
+def refusal_due(index: pd.DataFrame, cfg: SplitConfig) -> str | None:
+    """The message a split must refuse with, from the counts alone (None: it must not refuse, except that a grouped
+    split may find a partition empty when whole groups cannot fill it)."""
+    n = len(index)
+    n_val, n_test = int(round(n * cfg.val_fraction)), int(round(n * cfg.test_fraction))
+    if (cfg.val_fraction > 0 and n_val == 0) or (cfg.test_fraction > 0 and n_test == 0) or n - n_val - n_test < 1:
+        return "are too few for val_fraction"
+    if cfg.method == "grouped" and index["group"].nunique() < 3:
+        return "needs at least 3 groups"
+    if cfg.method == "stratified":
+        counts = index["label"].value_counts()
+        if counts.min() < 3:
+            return "too few to stratify"
+        if any(0 < size < len(counts) for size in (n_val, n_test)):
+            return "cannot be stratified"
+    return None
+
+
 def index_frame(n: int, n_groups: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame({"id": [f"s{i}" for i in range(n)], "group": rng.integers(0, n_groups, n).astype(str),
@@ -49,12 +67,15 @@ def test_splits_are_complete_disjoint_deterministic_and_keep_groups_whole(n: int
     index = index_frame(n, n_groups, seed)
     cfg = SplitConfig(method=method, val_fraction=val, test_fraction=test, seed=seed,
                       group_column="group" if method == "grouped" else None, stratify_column="label")
+    due = refusal_due(index, cfg)
     try:
         split = assign_splits(index, cfg)
-    except GeocnnError as exc:  # too few samples/groups/classes: refused with a message naming the keys
-        assert "split" in str(exc)
-        assert not (method == "random" and n >= 50), exc  # plenty of samples: never refused
+    except GeocnnError as exc:
+        # refused exactly when the counts make a partition impossible, with the message for that reason
+        assert due is not None or method == "grouped", exc
+        assert any(m in str(exc) for m in ([due] if due else ["would be empty"])), (due, exc)
         return
+    assert due is None, f"expected a refusal ({due})"
     assert split.shape == (n,) and set(split) <= {"train", "val", "test"}  # complete: one label per row
     assert (split == "train").any() and ((split == "test").any()) and ((split == "val").any() == (val > 0))
     np.testing.assert_array_equal(split, assign_splits(index, cfg))  # deterministic
@@ -69,6 +90,7 @@ def test_folds_test_every_sample_once_and_never_split_a_group(n: int, n_groups: 
     index = index_frame(n, n_groups, seed)
     cfg = SplitConfig(method="grouped", group_column="group", folds=k, val_fraction=0.15, seed=seed)
     tested = np.zeros(n, int)
+    few_groups = index["group"].nunique() < k
     try:
         for f in range(k):
             split, folds = assign_fold(index, cfg, f)
@@ -77,8 +99,11 @@ def test_folds_test_every_sample_once_and_never_split_a_group(n: int, n_groups: 
             assert (pd.Series(split).groupby(groups).nunique() == 1).all()
             assert (pd.Series(folds).groupby(groups).nunique() == 1).all()
     except GeocnnError as exc:
-        assert "split" in str(exc) or "fold" in str(exc)
+        # fewer groups than folds: refused naming the folds; else only when no group is left for train or val
+        expected = "fewer than the folds" if few_groups else "would be empty"
+        assert expected in str(exc), exc
         return
+    assert not few_groups
     assert (tested == 1).all()  # the union of test folds is every sample, once
 
 

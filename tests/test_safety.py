@@ -60,6 +60,7 @@ def test_servers_bind_to_loopback_by_default() -> None:
     assert inspect.signature(tracking_server).parameters["host"].default == "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_two_concurrent_watch_runs_process_each_file_once(tmp_path: Path) -> None:
     from geocnn.serving.watch import Ledger
     from tests.serving.test_watch import drop, galaxy_bundle

@@ -100,8 +100,6 @@ class EarthExperiment(ExperimentBase):
         if self.maps.enabled and not self.earth.scenes and self.data.format == "survey":
             errors.append("maps.enabled: maps are predicted over earth.scenes, and none are given; set "
                           "maps.enabled: false or list earth.scenes")
-        if self.maps.target_grid and self.maps.enabled is False:
-            errors.append("maps.target_grid is set but maps.enabled is false; remove one of them")
         if errors:
             raise ValueError("\n".join(errors))
         return self

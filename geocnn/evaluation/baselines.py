@@ -30,7 +30,9 @@ def gbm_baseline(x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int = 0)
     """Out-of-fold predictions of gradient boosting (e.g. on night-light means at a few radii)."""
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        model = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=seed)
+        # no early stopping: its validation subsample depends on row order, so the baseline would too
+        model = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, early_stopping=False,
+                                              random_state=seed)
         return model.fit(x[train], y[train]).predict(x[test])
 
     return out_of_fold(fit_predict, folds)

@@ -21,12 +21,13 @@ from geocnn.inference.predict import Forward
 from geocnn.tracking.model_uri import resolve_model
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+pytestmark = pytest.mark.xdist_group("earth_two_stage")  # one worker builds the shared two-stage run
 
 
 def demo_overrides(tmp_path: Path, *extra: str) -> list[str]:
     """The shipped demo config, shrunk to a 512 px scene and a few epochs."""
     return [f"output_dir={tmp_path / 'run'}", f"data.store_root={tmp_path / 'stores'}", "earth.synthetic_size=512",
-            "earth.synthetic_clusters=160", "two_stage.stage1_chips=1000", "train.epochs=4",
+            "earth.synthetic_clusters=160", "two_stage.stage1_chips=1000", "train.epochs=4", "model.backbone=test_resnet",
             "tracking.registered_model=test_poverty", *extra]
 
 

@@ -91,6 +91,7 @@ def test_classifier_beats_majority_baseline_and_is_tracked(tmp_path: Path, galax
     np.testing.assert_allclose(pyfunc.predict(chips), probs[:5], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_cli_reproduces_test_predictions_in_another_process(tmp_path: Path, galaxies: Path) -> None:
     cfg = load_config(overrides=small_config(tmp_path, galaxies, "train.epochs=2", "tracking.enabled=false"))
     run_experiment(cfg, progress=False)

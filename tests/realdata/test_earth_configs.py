@@ -30,6 +30,7 @@ def dhs_config(tmp_path: Path, *extra: str):  # noqa: ANN201
                        [f"output_dir={tmp_path / 'run'}", f"data.store_root={tmp_path / 'stores'}", *extra])
 
 
+@pytest.mark.slow
 def test_dhs_chips_around_every_cluster_from_black_marble_and_worldclim(shared_data: Path, tmp_path: Path) -> None:
     wc = shared_data / "satellite/worldclim"
     layers = (f"earth.layers=[{wc / 'wc2.0_bio_10m_05_max_temp_warmest_month.tif'}, "
@@ -127,6 +128,7 @@ def test_viirs_and_dmsp_clips_as_label_rasters(shared_data: Path, tmp_path: Path
     assert dmsp[0] > dmsp[1] and 0 <= dmsp.min() and dmsp.max() <= 63  # DMSP stable lights digital numbers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["corrupt_header.tif", "corrupt_image.tif"])
 def test_corrupt_rasters_stop_the_cli_with_the_file_named(shared_data: Path, tmp_path: Path, name: str) -> None:
     bad = shared_data / "satellite/formats/bad" / name

@@ -192,9 +192,15 @@ def test_deterministic_reused_and_seeded(tmp_path: Path, scene: dict[str, Path])
 
 
 def test_refuses_bad_arguments_and_foreign_folders(tmp_path: Path) -> None:
-    for kwargs in ({"size_px": 500}, {"size_px": 128}, {"size_px": 512.0}, {"n_countries": 0},
-                   {"n_countries": 13}, {"n_clusters": 5, "n_countries": 4}, {"seed": -1}, {"seed": True}):
-        with pytest.raises(GeocnnError):
+    for kwargs, message in (({"size_px": 500}, "size_px must be a multiple of 8"),
+                            ({"size_px": 128}, "size_px must be an integer >= 256, got 128"),
+                            ({"size_px": 512.0}, "size_px must be an integer >= 256, got 512.0"),
+                            ({"n_countries": 0}, "n_countries must be an integer >= 1, got 0"),
+                            ({"n_countries": 13}, "n_countries must be at most 12"),
+                            ({"n_clusters": 5, "n_countries": 4}, "n_clusters must be an integer >= 12, got 5"),
+                            ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+                            ({"seed": True}, "seed must be an integer >= 0, got True")):
+        with pytest.raises(GeocnnError, match=message.replace(".", r"\.").replace("+", r"\+")):
             make_scene(tmp_path / "x", **{"size_px": 256, "n_clusters": 40, **kwargs})
     busy = tmp_path / "busy"
     busy.mkdir()
