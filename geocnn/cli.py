@@ -1,4 +1,4 @@
-"""The `geocnn` command line (typer): demo, run, train, predict, map, export, score, alias, serve, watch, tracking-server."""
+"""The `geocnn` command line (typer): one library call per command (demo, run, predict, map, serve, ...)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import typer
 from geocnn.errors import GeocnnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune timm CNNs on galaxy images and satellite scenes; track runs in MLflow; export predictions and maps.")
+                  help="Fine-tune timm CNNs on galaxy images and satellite scenes; track runs in MLflow; export "
+                       "predictions and maps.")
 STATE: dict[str, bool] = {"debug": False}
 PROJECT = Path(__file__).resolve().parents[1]
 # Commands import the library inside their bodies: `geocnn --help` and `geocnn config` stay fast (no torch, MLflow
@@ -241,7 +242,8 @@ def map_(
     out: Annotated[Path, typer.Option("--out", help="Output folder for prediction.tif and prediction.png.")],
     scene: Annotated[Optional[list[str]], typer.Option("--scene", help="Scene GeoTIFF(s) (default: the "
                                                                        "training scenes).")] = None,
-    stride: Annotated[Optional[int], typer.Option(help="Window stride in native pixels (default: half a chip).")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Window stride in native pixels (default: half a chip).")] \
+    = None,
     grid: Annotated[Optional[str], typer.Option(help="Write on the grid of this raster (CRS, transform, shape).")]
     = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -267,7 +269,8 @@ def score(
     table: Annotated[Path, typer.Argument(help="Predictions table (.csv or .parquet).")],
     target: Annotated[str, typer.Option(help="Observed values column.")],
     prediction: Annotated[str, typer.Option(help="Predicted values column.")],
-    group: Annotated[Optional[str], typer.Option(help="Score per group (e.g. country) and average over groups.")] = None,
+    group: Annotated[Optional[str], typer.Option(help="Score per group (e.g. country) and average over groups.")] \
+    = None,
     by: Annotated[Optional[str], typer.Option(help="Also score per value of this column (e.g. urban).")] = None,
 ) -> None:
     """Score any predictions table; print one JSON object (pooled, per group, group mean, per --by value)."""

@@ -47,7 +47,8 @@ def experiment_flow(config: str | None = None, overrides: list[str] | None = Non
     cfg = load_config(config, overrides, base=base)
     domain = domain_for(cfg)
     steps = skeleton.Steps(ingest=lambda c, progress=True: cached_store(ingest_task, c, progress=progress),
-                           split=split_task, train=train_task, evaluate=evaluate_task, export=export_task, track=track_task)
+                           split=split_task, train=train_task, evaluate=evaluate_task, export=export_task,
+                           track=track_task)
     summary = skeleton.run_experiment(cfg, domain, progress, steps)
     publish(f"{cfg.domain}-experiment", run_markdown(cfg.name, domain.report_keys(cfg), summary), summary["metrics"],
             f"{cfg.name}: held-out metrics beside baselines, MLflow run, registry, outputs")

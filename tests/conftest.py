@@ -16,9 +16,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from geocnn.config import DATA_ENV, shared_data_default  # noqa: E402
 

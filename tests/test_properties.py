@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from geocnn.config import SplitConfig
-from geocnn.errors import GeocnnError
-from geocnn.models.heads import DecisionTreeHead
 from geocnn.data.schema import KAGGLE_TREE
 from geocnn.data.splits import assign_fold, assign_splits
+from geocnn.errors import GeocnnError
+from geocnn.models.heads import DecisionTreeHead
 
 FINITE = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from geocnn.config import load_config
-from geocnn.errors import GeocnnError
 from geocnn.data.sources.galaxy_tables import read_galaxy_catalog
+from geocnn.errors import GeocnnError
 from geocnn.models.tasks import task_spec
 from tests.conftest import write_rgb
 

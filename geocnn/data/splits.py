@@ -1,4 +1,4 @@
-"""Train/val/test assignment (random, stratified, grouped, spatial blocks, grouped folds), deterministic and persisted."""
+"""Train/val/test assignment of samples (random, stratified, grouped, spatial blocks, folds), seeded and cached."""
 
 from __future__ import annotations
 
@@ -176,7 +176,8 @@ def assign_splits(index: pd.DataFrame, cfg: SplitConfig, stratify: str | None = 
                 raise GeocnnError(f"split: the {part} partition would hold {size} samples, fewer than the {k} "
                                   f"classes of '{col}', so it cannot be stratified; raise split.{part}_fraction, "
                                   "add samples, or use split.method=random")
-    rest, test = train_test_split(rows, test_size=n_test, random_state=cfg.seed, stratify=strat) if n_test else (rows, [])
+    rest, test = (train_test_split(rows, test_size=n_test, random_state=cfg.seed, stratify=strat) if n_test
+                  else (rows, []))
     if n_val:
         train, val = train_test_split(rest, test_size=n_val, random_state=cfg.seed + 1,
                                       stratify=None if strat is None else strat[rest])

@@ -22,9 +22,9 @@ from geocnn.config import AnyExperiment, AugmentConfig, ModelConfig, SplitConfig
 from geocnn.data.catalog import GROUP, LAT, LON, URBAN, Catalog
 from geocnn.data.chips import ChipSource, ChipSpec
 from geocnn.data.fingerprint import ingest_key
-from geocnn.errors import GeocnnError
 from geocnn.data.splits import n_folds, sample_groups, split_store
 from geocnn.data.store import ChipStore
+from geocnn.errors import GeocnnError
 from geocnn.evaluation.baselines import out_of_fold
 from geocnn.inference.bundle import Bundle, Preprocessing, Stage2, check_chips, load_bundle, save_bundle
 from geocnn.inference.predict import Forward

@@ -292,6 +292,7 @@ def train_two_stage(domain: EarthDomain, store: ChipStore, cfg: EarthExperiment,
     if not np.isfinite(nested.predictions).all():
         raise GeocnnError("stage 2: some clusters got no out-of-fold prediction; check split.folds")
     return Trained(net=stage1.net, pred=nested.predictions[:, None], split=np.full(len(samples), "test", object),
-                   fold=folds, groups=groups, validation={"validation/r2": float(np.mean(list(nested.inner_r2.values())))},
+                   fold=folds, groups=groups,
+                   validation={"validation/r2": float(np.mean(list(nested.inner_r2.values())))},
                    extra=extra, stage2=Stage2(target=target, **ridge.to_dict()), fits=stage1.fits,
                    stage1_run_id=s1_run)

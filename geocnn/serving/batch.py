@@ -56,7 +56,8 @@ def rebuild_tables(ledger: Ledger) -> list[Path]:
     if not frames:
         return []
     frame = pd.concat(frames, ignore_index=True).drop_duplicates("id", keep="last").sort_values("id")
-    return [write_table(frame, ledger.root / "predictions.parquet"), write_table(frame, ledger.root / "predictions.csv")]
+    return [write_table(frame, ledger.root / "predictions.parquet"),
+            write_table(frame, ledger.root / "predictions.csv")]
 
 
 @dataclass
@@ -103,7 +104,8 @@ def predict_new(input_dir: str | Path, output_dir: str | Path, model: str, patte
                                                   stride_px=stride_px)
                 ledger.commit(batch, outcomes, ref.label, run_id)
                 tables = steps.tables(ledger)
-                summary.update(batch=batch, n_done=sum(o.ok for o in outcomes), n_failed=sum(not o.ok for o in outcomes),
+                summary.update(batch=batch, n_done=sum(o.ok for o in outcomes),
+                               n_failed=sum(not o.ok for o in outcomes),
                                failures={o.item.path: o.error for o in outcomes if not o.ok},
                                outputs={p.name: str(p) for p in [*written, *tables]},
                                items=[{"file": o.item.path, "status": "done" if o.ok else "failed",

@@ -1,4 +1,4 @@
-"""Watch folder: find files that arrived, and a SQLite ledger of what was processed, so reruns neither redo nor lose work."""
+"""Watch folder: the files that arrived, and a SQLite ledger of what was processed (reruns neither redo nor lose)."""
 
 from __future__ import annotations
 
@@ -130,7 +130,8 @@ class Ledger:
 
     def attempts(self, item: Item) -> int:
         """Failed attempts so far on this version of the file."""
-        row = self.db.execute("SELECT size, mtime_ns, status, attempts FROM items WHERE path=?", (item.path,)).fetchone()
+        row = self.db.execute("SELECT size, mtime_ns, status, attempts FROM items WHERE path=?",
+                              (item.path,)).fetchone()
         if row is None or (row[0], row[1]) != (item.size, item.mtime_ns) or row[2] != "failed":
             return 0
         return int(row[3])

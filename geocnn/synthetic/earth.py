@@ -1,6 +1,7 @@
 """Synthetic Landsat-like scenes with night lights and survey clusters of known wealth, for demos and tests.
 
-The Earth counterpart of :mod:`geocnn.synthetic.galaxies`: one call writes a 4-band daytime scene, a coarser night-lights
+The Earth counterpart of :mod:`geocnn.synthetic.galaxies`: one call writes a 4-band daytime scene, a coarser
+night-lights
 raster, the hidden wealth field and a ``clusters.csv`` of survey points, all georeferenced in UTM zone 33N
 around 15 E, 5 N. The night lights are exactly zero over about the poorer half of the survey clusters, while the daytime
 scene still shows more buildings, metal roofs, roads and bare ground (and less vegetation) where people are

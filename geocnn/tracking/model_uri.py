@@ -28,7 +28,9 @@ class ModelRef:
     @property
     def label(self) -> str:
         """How ledgers and tables name the model: the reference, plus the version an alias resolved to."""
-        return self.ref if not self.version or self.ref.endswith(f"/{self.version}") else f"{self.ref} (v{self.version})"
+        if not self.version or self.ref.endswith(f"/{self.version}"):
+            return self.ref
+        return f"{self.ref} (v{self.version})"
 
 
 def is_uri(ref: str) -> bool:

@@ -8,8 +8,7 @@ import pytest
 import yaml
 
 import geocnn.config as config_mod
-from geocnn.config import (DATA_ENV, EarthExperiment, GalaxyExperiment, apply_overrides, expand_env, flatten,
-                           load_config)
+from geocnn.config import DATA_ENV, EarthExperiment, GalaxyExperiment, apply_overrides, expand_env, flatten, load_config
 from geocnn.errors import GeocnnError
 
 PROJECT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from geocnn.data.augment import augment_batch, tta_views
 from geocnn.config import AugmentConfig
+from geocnn.data.augment import augment_batch, tta_views
 
 OFF = {"rotate": False, "flip": False, "translate": 0.0, "zoom": 0.0, "brightness": 0.0}
 

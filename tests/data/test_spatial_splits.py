@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from geocnn.config import SplitConfig
-from geocnn.errors import GeocnnError
 from geocnn.data.splits import assign_fold, assign_splits, group_folds, n_folds, spatial_blocks
+from geocnn.errors import GeocnnError
 
 
 def points(n: int = 400, seed: int = 0) -> pd.DataFrame:

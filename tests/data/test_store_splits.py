@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from geocnn.data.catalog import Catalog
-from geocnn.data.sources.images import crop_resize
 from geocnn.config import SplitConfig
-from geocnn.errors import GeocnnError
-from geocnn.data.splits import assign_splits, split_store
+from geocnn.data.catalog import Catalog
 from geocnn.data.chips import ChipSpec
+from geocnn.data.sources.images import crop_resize
+from geocnn.data.splits import assign_splits, split_store
 from geocnn.data.store import CHIPS, META, ChipStore, band_stats, build_store
+from geocnn.errors import GeocnnError
 from tests.conftest import write_rgb
 
 
@@ -363,3 +363,24 @@ def test_band_stats_batches_and_constant_bands() -> None:
 def test_band_stats_of_empty_train_names_val_fraction() -> None:
     with pytest.raises(GeocnnError, match=r"split\.val_fraction"):
         band_stats(np.zeros((3, 1, 2, 2), np.uint8), np.array([], dtype=int))
+
+
+def test_chips_of_a_sample_are_averaged_and_split_together(tmp_path: Path) -> None:
+    """A store with several chips per sample (an n x n grid per survey cluster): samples() keeps catalog order,
+    sample_means() averages each sample's chips, and a split never separates a sample's chips."""
+    root = tmp_path / "store"
+    root.mkdir()
+    samples = ["b", "b", "a", "a", "a", "c"] + [f"s{i}" for i in range(30) for _ in range(2)]
+    np.save(root / CHIPS, np.random.default_rng(0).random((len(samples), 1, 4, 4)).astype(np.float32))
+    index = pd.DataFrame({"id": [f"{s}#{k}" for k, s in enumerate(samples)], "row": np.arange(len(samples)),
+                          "sample": samples, "y": [float(ord(s[0])) for s in samples]})
+    index.to_parquet(root / "index.parquet")
+    (root / META).write_text('{"key": "k", "targets": ["y"], "classes": [], "shape": [1, 1, 4, 4]}')
+    store = ChipStore.open(root)
+    assert store.samples()["id"].tolist()[:3] == ["b", "a", "c"]
+    values = np.array([[1.0], [3.0], [10.0], [20.0], [30.0], [7.0]] + [[0.0]] * 60)
+    np.testing.assert_allclose(store.sample_means(values)[:3, 0], [2.0, 20.0, 7.0])
+    view = split_store(store, SplitConfig(method="random", val_fraction=0.2, test_fraction=0.2, seed=1))
+    per_sample = pd.Series(view.split).groupby(index["sample"].to_numpy()).nunique()
+    assert (per_sample == 1).all() and set(view.split) == {"train", "val", "test"}
+    assert view.sample_split().tolist()[:3] == [view.split[0], view.split[2], view.split[5]]

@@ -235,8 +235,8 @@ def write_kaggle_format(galaxies: Path, out: Path) -> Path:
     import torch
     from PIL import Image
 
-    from geocnn.models.heads import DecisionTreeHead
     from geocnn.data.schema import KAGGLE_TREE
+    from geocnn.models.heads import DecisionTreeHead
 
     cat = pd.read_csv(galaxies, dtype={"id": str})
     cols = KAGGLE_TREE.columns

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from geocnn.data.schema import KAGGLE_TREE, DecisionTree, Question
 from geocnn.evaluation.metrics import (
     classification_metrics,
     confusion,
@@ -14,7 +15,6 @@ from geocnn.evaluation.metrics import (
     regression_metrics,
     vote_fraction_metrics,
 )
-from geocnn.data.schema import KAGGLE_TREE, DecisionTree, Question
 
 
 # --------------------------------------------------------------------------------------------- classification

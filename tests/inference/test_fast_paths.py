@@ -8,8 +8,8 @@ import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from geocnn.data.augment import augment_batch
 from geocnn.config import AugmentConfig
+from geocnn.data.augment import augment_batch
 from geocnn.data.datamodule import EpochShuffledBatches, resolve_workers
 from geocnn.inference.sliding import BLOCK_PX, raster_reader
 from geocnn.outputs.cog import predict_map

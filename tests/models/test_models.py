@@ -11,15 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors import SafetensorError
 from scipy.stats import betabinom
 
+from geocnn.data.schema import KAGGLE_TREE, DecisionTree, Question, questions_from_columns
 from geocnn.errors import GeocnnError
 from geocnn.models.backbones import apply_transfer, block_ids, create_encoder, encoder_param_groups
 from geocnn.models.heads import DecisionTreeHead, DirichletHead, LinearHead
 from geocnn.models.losses import dirichlet_multinomial_nll, expected_fractions
 from geocnn.models.network import GeoNet, NetSpec
-from geocnn.data.schema import KAGGLE_TREE, DecisionTree, Question, questions_from_columns
 
 # The Kaggle tree written out independently of geocnn (../shared/data/README.md).
 KAGGLE_PARENTS = {"Class2": "Class1.2", "Class3": "Class2.2", "Class4": "Class2.2", "Class5": "Class2.2",

@@ -15,8 +15,8 @@ from rasterio.transform import from_origin, rowcol
 from rasterio.warp import transform as warp_points
 from rasterio.windows import Window
 
-from geocnn.errors import GeocnnError
 from geocnn.data.sources.raster import Grid
+from geocnn.errors import GeocnnError
 from geocnn.inference.sliding import BLOCK_PX, raster_reader
 from geocnn.outputs.cog import predict_map, write_quicklook
 from geocnn.outputs.geojson import write_geojson_points

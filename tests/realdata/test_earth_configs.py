@@ -18,9 +18,9 @@ from geocnn.data.chips import ChipSpec
 from geocnn.data.store import LabelSpec, build_store
 from geocnn.domains import ingest, run_experiment
 from geocnn.domains.earth_maps import map_scene
+from geocnn.errors import GeocnnError
 from geocnn.inference.bundle import load_bundle
 from tests.helpers import write_bundle
-from geocnn.errors import GeocnnError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

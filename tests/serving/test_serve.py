@@ -103,8 +103,8 @@ def test_training_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pyte
     from geocnn.config import load_config
     from geocnn.domains import run_experiment
     from geocnn.inference.bundle import load_bundle
-    from geocnn.tracking.model_uri import resolve_model
     from geocnn.synthetic.galaxies import make_galaxies
+    from geocnn.tracking.model_uri import resolve_model
 
     port = free_port()
     log = tmp_path / "mlflow.log"

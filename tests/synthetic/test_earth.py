@@ -15,8 +15,16 @@ from scipy.spatial import Delaunay
 from scipy.stats import spearmanr
 
 from geocnn.errors import GeocnnError
-from geocnn.synthetic.earth import (BANDS, CLUSTER_BOX_PX, CLUSTER_COLUMNS, FILES, LIGHTS_FACTOR, REFLECTANCE_OFFSET,
-                                    REFLECTANCE_SCALE, make_scene)
+from geocnn.synthetic.earth import (
+    BANDS,
+    CLUSTER_BOX_PX,
+    CLUSTER_COLUMNS,
+    FILES,
+    LIGHTS_FACTOR,
+    REFLECTANCE_OFFSET,
+    REFLECTANCE_SCALE,
+    make_scene,
+)
 
 SIZE = 512
 N_CLUSTERS = 120

@@ -9,10 +9,10 @@ import pytest
 from mlflow import MlflowClient
 
 from geocnn.config import load_config
-from geocnn.errors import GeocnnError
 from geocnn.domains import run_experiment
-from geocnn.tracking.registry import better, check_metric, promotion_direction, split_signature
+from geocnn.errors import GeocnnError
 from geocnn.synthetic.galaxies import make_galaxies
+from geocnn.tracking.registry import better, check_metric, promotion_direction, split_signature
 from geocnn.tracking.runs import tracking_uri
 
 NAME = "reg_galaxies"

@@ -20,6 +20,7 @@ from geocnn.errors import GeocnnError
 from geocnn.models.tasks import task_spec
 from tests.conftest import write_rgb
 
+
 def read_galaxy_catalog(data: DataConfig, task: str) -> Catalog:
     """A catalog as a run reads it: the reader, then the task spec's target checks and encoding."""
     return task_spec(task).prepare(read_raw(data))

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geocnn.errors import GeocnnError
 from geocnn.data.sources.nightlights import nightlight_classes
+from geocnn.errors import GeocnnError
 
 
 def test_quantiles_equal_counts() -> None:

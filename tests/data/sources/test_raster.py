@@ -13,7 +13,6 @@ from rasterio.enums import Resampling
 from rasterio.warp import transform as warp
 from rasterio.windows import Window
 
-from geocnn.errors import GeocnnError
 from geocnn.data.sources.raster import (
     chip_window,
     cluster_points,
@@ -26,6 +25,7 @@ from geocnn.data.sources.raster import (
     snap_window,
     tile_windows,
 )
+from geocnn.errors import GeocnnError
 
 pytestmark = pytest.mark.realdata
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geocnn.errors import GeocnnError
 from geocnn.data.sources.survey import read_survey
+from geocnn.errors import GeocnnError
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "survey.csv") -> Path:
