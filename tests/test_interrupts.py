@@ -111,7 +111,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_ends_like_an_uninte
     cfg.write_text(
         f"name: resume\nseed: 11\ndata:\n  format: csv\n  catalog: {catalog}\n  targets: [morphology]\n"
         f"  crop: 64\n  chip_size: 64\n  store_root: {tmp_path / 'stores'}\nsplit:\n  method: stratified\n"
-        "model:\n  backbone: resnet18\n  task: classification\n  dropout: 0.2\n"
+        "model:\n  backbone: resnet10t\n  task: classification\n  dropout: 0.2\n"
         "train:\n  epochs: 3\n  batch_size: 16\n  num_threads: 1\n  optimizer:\n    lr: 0.003\n"
         "augment:\n  tta_views: 2\ntracking:\n  register_model: false\n")
     cmd = [sys.executable, "-m", "geocnn.cli", "train", str(cfg), "--set"]

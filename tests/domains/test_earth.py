@@ -31,7 +31,7 @@ def demo_overrides(tmp_path: Path, *extra: str) -> list[str]:
             "tracking.registered_model=test_poverty", *extra]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once per worker even when the worker interleaves other modules
 def two_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One two-stage run through the Prefect flow (no server), shared by the assertions below."""
     import os

@@ -36,6 +36,15 @@ def test_kaggle_config_ingests_the_real_rows_as_dieleman(shared_data: Path, tmp_
 
 
 @pytest.mark.slow
+def test_decals_rings_config_in_short_beats_the_majority_baseline(shared_data: Path, tmp_path: Path) -> None:
+    """The shipped ring config for 10 of its 30 epochs (CI; the full config is the `full` tier): on the same
+    stratified split, measured accuracy 0.67 and ROC AUC 0.75 against 0.5."""
+    m = run_shipped("galaxy_decals_rings.yaml", tmp_path, "train.epochs=10")
+    assert m["test/n"] == 94 and m["baseline/accuracy"] == pytest.approx(0.5, abs=0.01)
+    assert m["test/roc_auc"] > 0.65 and m["test/accuracy"] > m["baseline/accuracy"] + 0.05, m
+
+
+@pytest.mark.full
 def test_decals_rings_config_beats_the_majority_baseline(shared_data: Path, tmp_path: Path) -> None:
     m = run_shipped("galaxy_decals_rings.yaml", tmp_path)
     print("rings:", json.dumps({k: round(v, 4) for k, v in m.items()}))
@@ -46,7 +55,7 @@ def test_decals_rings_config_beats_the_majority_baseline(shared_data: Path, tmp_
     assert m["test/roc_auc"] >= 0.68, m
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_decals_fractions_config_reports_rmse_beside_the_mean_baseline(shared_data: Path, tmp_path: Path) -> None:
     m = run_shipped("galaxy_decals_fractions.yaml", tmp_path)
     print("fractions:", json.dumps({k: round(v, 4) for k, v in m.items()}))

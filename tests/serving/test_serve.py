@@ -150,7 +150,7 @@ def test_training_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pyte
 def summary_classes(run_dir: Path) -> list[str]:
     import json
 
-    return json.loads((run_dir / "bundle" / "bundle.json").read_text())["spec"]["classes"]
+    return json.loads((run_dir / "bundle" / "bundle.json").read_text())["preprocessing"]["classes"]
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ def train(tmp_path: Path, catalog: Path, tag: str, *extra: str) -> dict:
         f"name={NAME}", f"output_dir={tmp_path / tag}", f"data.store_root={tmp_path / 'stores'}", "data.format=csv",
         f"data.catalog={catalog}", "data.targets=[morphology]", "data.crop=48", "data.chip_size=32",
         "split.method=stratified", "split.val_fraction=0.25", "split.test_fraction=0.2", "model.backbone=test_resnet",
-        "model.task=classification", "train.batch_size=32", "augment.tta_views=1", "train.num_threads=2", *extra])
+        "model.task=classification", "train.batch_size=32", "augment.tta_views=1", *extra])
     return run_experiment(cfg, progress=False)
 
 
@@ -43,7 +43,7 @@ def test_better_model_is_promoted_worse_is_not(tmp_path: Path, galaxies: Path) -
     assert weak["registered_version"] == "1" and weak["promoted"] == "true"  # no champion yet
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
 
-    strong = train(tmp_path, galaxies, "strong", "train.epochs=6", "train.optimizer.lr=3e-3")
+    strong = train(tmp_path, galaxies, "strong", "train.epochs=10", "train.optimizer.lr=3e-3")
     assert strong["registered_version"] == "2"
     s_val, w_val = strong["metrics"]["validation/accuracy"], weak["metrics"]["validation/accuracy"]
     assert s_val > w_val + 0.2, (s_val, w_val)
@@ -68,7 +68,7 @@ def test_better_model_is_promoted_worse_is_not(tmp_path: Path, galaxies: Path) -
     # The data grew: the split definition differs, so both models are scored on this run's validation rows that
     # the champion never trained on, and the decision follows those scores.
     more = make_galaxies(tmp_path / "more", 260, 64, seed=5)
-    grown = train(tmp_path, more, "grown", "train.epochs=6", "train.optimizer.lr=3e-3")
+    grown = train(tmp_path, more, "grown", "train.epochs=10", "train.optimizer.lr=3e-3")
     tags = version_tags(client, grown["registered_version"])
     assert "never trained on" in tags["geocnn.promotion.compared_on"], tags
     n_common = int(tags["geocnn.promotion.compared_on"].split()[0])
