@@ -140,7 +140,7 @@ def demo(
 
 
 DEMOS = {
-    "galaxy": ("galaxy_demo.yaml", ["data.synthetic_count=300", "train.epochs=3"],
+    "galaxy": ("galaxy_demo.yaml", ["data.synthetic_count=300", "train.epochs=4"],
                "synthetic galaxies (elliptical, spiral, barred, ring, edge-on) -> resnet -> MLflow"),
     "earth": ("poverty_demo.yaml", ["earth.synthetic_size=512", "earth.synthetic_clusters=160",
                                     "two_stage.stage1_chips=800", "train.epochs=3"],

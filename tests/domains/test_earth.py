@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+from filelock import FileLock
 from mlflow import MlflowClient
 
 from geocnn.config import load_config
@@ -19,9 +21,9 @@ from geocnn.errors import GeocnnError
 from geocnn.inference.bundle import load_bundle
 from geocnn.inference.predict import Forward
 from geocnn.tracking.model_uri import resolve_model
+from pipelines.experiment import experiment_flow
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-pytestmark = pytest.mark.xdist_group("earth_two_stage")  # one worker builds the shared two-stage run
 
 
 def demo_overrides(tmp_path: Path, *extra: str) -> list[str]:
@@ -31,27 +33,31 @@ def demo_overrides(tmp_path: Path, *extra: str) -> list[str]:
             "tracking.registered_model=test_poverty", *extra]
 
 
-@pytest.fixture(scope="session")  # session: built once per worker even when the worker interleaves other modules
+@pytest.fixture(scope="session")
 def two_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """One two-stage run through the Prefect flow (no server), shared by the assertions below."""
-    import os
+    """One two-stage run through the Prefect flow (no server), shared by the assertions below.
 
-    from pipelines.experiment import experiment_flow
-
-    tmp = tmp_path_factory.mktemp("two_stage")
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "GEOCNN_MLFLOW_ARTIFACTS")}
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    os.environ["GEOCNN_MLFLOW_ARTIFACTS"] = str(tmp / "mlartifacts")
-    try:
-        summary = experiment_flow(str(CONFIGS / "poverty_demo.yaml"), demo_overrides(tmp), progress=False)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    summary["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    return tmp, summary
+    Built once per test session: the xdist workers share the folder, the first one builds it under a file lock
+    and the others read it (pytest-xdist's pattern for a session fixture that must run once).
+    """
+    tmp = tmp_path_factory.getbasetemp().parent / "earth_two_stage"  # the same folder for every worker
+    done = tmp / "summary.json"
+    with FileLock(f"{tmp}.lock"):
+        if not done.exists():
+            old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "GEOCNN_MLFLOW_ARTIFACTS")}
+            os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+            os.environ["GEOCNN_MLFLOW_ARTIFACTS"] = str(tmp / "mlartifacts")
+            try:
+                summary = experiment_flow(str(CONFIGS / "poverty_demo.yaml"), demo_overrides(tmp), progress=False)
+            finally:
+                for k, v in old.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            summary["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+            done.write_text(json.dumps(summary))
+    return tmp, json.loads(done.read_text())
 
 
 def test_two_stage_beats_night_lights_and_the_mean_out_of_country(two_stage: tuple[Path, dict]) -> None:

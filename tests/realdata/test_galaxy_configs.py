@@ -35,7 +35,7 @@ def test_kaggle_config_ingests_the_real_rows_as_dieleman(shared_data: Path, tmp_
     assert (centre > corners + 20).all(), (centre, corners)
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_decals_rings_config_in_short_beats_the_majority_baseline(shared_data: Path, tmp_path: Path) -> None:
     """The shipped ring config for 10 of its 30 epochs (CI; the full config is the `full` tier): on the same
     stratified split, measured accuracy 0.67 and ROC AUC 0.75 against 0.5."""
