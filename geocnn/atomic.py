@@ -14,6 +14,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def umask() -> int:
+    """The process's file-creation mask (read without changing it where the OS allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share(path: Path) -> None:
+    """Give ``path`` (and a folder's whole tree) the modes a plain write would: 0666/0777 less the umask. Temporary
+    files (mkstemp, and writers that save through their own temporaries, e.g. safetensors) come out 0600/0700."""
+    mask = umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -54,6 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        share(tmp_path)  # outputs are shared like any file the user writes, not 0600 like a temporary
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -69,6 +92,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent))
     try:
         yield tmp
+        share(tmp)  # mkdtemp makes 0700, and writers inside may make 0600 files
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

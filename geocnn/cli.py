@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperArgument, TyperOption
 
-from geocnn.errors import GeocnnError
+from geocnn.errors import GeocnnError, Interrupted
 
+def _conventional_help() -> None:
+    """Help in the usual Unix style: `serve [OPTIONS] CONFIG`, `--port INTEGER`, flags without a type. Typer 0.2x
+    prints `{config}`, `<int>` and `<bool>` and has no setting for it; these three display hooks restore it."""
+    label = {"bool": "", "int": "INTEGER", "float": "FLOAT", "str": "TEXT", "Path": "PATH", "list[str]": "TEXT"}
+
+    def option_type(self: TyperOption, ctx: Any) -> str | None:
+        if self.metavar is not None:
+            return self.metavar
+        if self.is_flag:
+            return None
+        bare = self.bare_type()
+        return label.get(bare, bare.upper())
+
+    def argument_type(self: TyperArgument, ctx: Any) -> str | None:
+        return None
+
+    TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
+    TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign]
+    TyperArgument._usage_display_name = (  # type: ignore[method-assign]
+        lambda self: self.display_name_raw.upper() if self.required else f"[{self.display_name_raw.upper()}]")
+    TyperArgument._rich_display_name = lambda self: self.display_name_raw.upper()  # type: ignore[method-assign]
+
+
+_conventional_help()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune timm CNNs on galaxy images and satellite scenes; track runs in MLflow; export "
                        "predictions and maps.")
@@ -22,8 +49,19 @@ PROJECT = Path(__file__).resolve().parents[1]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: key.sub=value")]
 
 
+def show_version(value: bool) -> None:
+    """Print the version and exit (``geocnn --version``)."""
+    if value:
+        from geocnn import __version__
+
+        typer.echo(f"geocnn {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for user errors.")] = False) -> None:
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for user errors.")] = False,
+         version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
     """geocnn: CNNs for scientific imagery."""
     STATE["debug"] = debug
 
@@ -44,27 +82,36 @@ def guarded(fn: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # Ctrl-C: one line, the run stays resumable
+            if STATE["debug"]:
+                raise
+            typer.secho(str(exc) if isinstance(exc, Interrupted) else "interrupted",
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(130) from None
         except (GeocnnError, FileNotFoundError, PermissionError) as exc:
             fail(exc)
         except Exception as exc:  # noqa: BLE001 - Prefect wraps task errors; unwrap ours
             cause = exc
-            while cause is not None and not isinstance(cause, GeocnnError):
+            while cause is not None and not isinstance(cause, (GeocnnError, KeyboardInterrupt)):
                 cause = cause.__cause__ or cause.__context__
             if cause is None:
                 raise
+            if isinstance(cause, KeyboardInterrupt):
+                typer.secho(str(cause), fg=typer.colors.YELLOW, err=True)
+                raise typer.Exit(130) from None
             fail(cause)
 
     return wrapper
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    """Held-out metrics beside baselines, output paths and the MLflow UI command."""
-    from geocnn.tracking.runs import ui_command
+    """Held-out metrics beside baselines, output paths, the MLflow run and model, and how to open the UI."""
+    from geocnn.tracking.runs import run_url, ui_command
 
     metrics: dict[str, float] = summary["metrics"]
     typer.echo(f"\nHeld-out metrics ({int(metrics.get('test/n', 0))} samples; model vs train-derived baseline):")
     for name, value in sorted(metrics.items()):
-        if name.startswith("test/") and "/" not in name.removeprefix("test/"):
+        if name.startswith("test/") and "/" not in name.removeprefix("test/") and name != "test/n":
             base = metrics.get("baseline/" + name.removeprefix("test/"))
             typer.echo(f"  {name:<28} {value:8.4f}" + ("" if base is None else f"   baseline {base:8.4f}"))
     others = sorted(k for k in metrics if k.startswith(("baseline_", "poorer_half/")) and
@@ -79,14 +126,26 @@ def print_summary(summary: dict[str, Any]) -> None:
     typer.echo("\nOutputs:")
     for key, path in summary["outputs"].items():
         typer.echo(f"  {key:<20} {path}")
+    freed = summary.get("checkpoints_freed_bytes", 0)
+    if freed:
+        typer.echo(f"  (training checkpoints deleted, {freed / 2**20:.0f} MiB freed: the bundle holds the weights; "
+                   "train.keep_checkpoints=true keeps them)")
     if summary.get("run_id"):
-        typer.echo(f"\nMLflow run {summary['run_id']}  model {summary.get('model_uri', '-')}"
-                   + (f" (registered version {summary['registered_version']})" if "registered_version" in summary
-                      else ""))
+        typer.echo(f"\nMLflow run   {summary['run_id']}")
+        typer.echo(f"logged model {summary.get('model_uri', '-')}")
+        if "registered_version" in summary:
+            typer.echo(f"registered   models:/{summary['registered_model']}/{summary['registered_version']}")
         if "promotion" in summary:
             verdict = "promoted to champion" if summary.get("promoted") == "true" else "champion unchanged"
-            typer.echo(f"Registry: {verdict}: {summary['promotion']}")
-        typer.echo(f"Open the MLflow UI:  {ui_command()}")
+            unregistered = "" if "registered_version" in summary else " (not registered: tracking.register)"
+            typer.echo(f"registry     {verdict}{unregistered}: {summary['promotion']}")
+        url = run_url(summary.get("experiment_id"), summary["run_id"])
+        if url:
+            typer.echo(f"run page     {url}")
+        else:
+            typer.echo(f"Open the MLflow UI:  {ui_command()}")
+            typer.echo("then the run: " + str(run_url(summary.get("experiment_id"), summary["run_id"],
+                                                       "http://127.0.0.1:5000")))
 
 
 def run_config(config: Path | None, overrides: list[str], no_prefect: bool) -> dict[str, Any]:
@@ -94,6 +153,9 @@ def run_config(config: Path | None, overrides: list[str], no_prefect: bool) -> d
     from geocnn.config import load_config
 
     cfg = load_config(config, overrides)  # before the engine is imported: a config error answers at once
+    from geocnn.models.backbones import check_backbone
+
+    check_backbone(cfg.model.backbone)  # before any flow, server or data: a typo answers at once
     from geocnn.domains import domain_for
     from geocnn.domains.base import run_experiment
 
@@ -101,7 +163,27 @@ def run_config(config: Path | None, overrides: list[str], no_prefect: bool) -> d
         return run_experiment(cfg, domain_for(cfg))
     from pipelines.experiment import experiment_flow
 
-    return experiment_flow(None if config is None else str(config), overrides)
+    with prefect_console():
+        return experiment_flow(None if config is None else str(config), overrides)
+
+
+@contextlib.contextmanager
+def prefect_console() -> Iterator[None]:
+    """Flows run from the command line: a failing step's error is geocnn's one line (Prefect's tracebacks only with
+    --debug), and a temporary API server that does not come up says what to do."""
+    from pipelines.console import hide_run_errors_on_console
+
+    if not STATE["debug"]:
+        hide_run_errors_on_console()
+    try:
+        yield
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        raise GeocnnError("Prefect's temporary API server did not start in time (a busy machine?). Rerun with "
+                          "--no-prefect to run the same steps without Prefect, point PREFECT_API_URL at a running "
+                          "server (`prefect server start`), or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+                          ) from None
 
 
 @app.command()
@@ -164,25 +246,33 @@ def predict(
     lon_column: Annotated[str, typer.Option(help="Longitude column of --catalog points.")] = "lon",
     scene: Annotated[Optional[list[str]], typer.Option("--scene", help="Scenes to cut point chips from (default: "
                                                                        "the model's).")] = None,
-    tta: Annotated[Optional[int], typer.Option(help="Test-time views (default: the bundle's).")] = None,
+    tta: Annotated[Optional[str], typer.Option(help="Test-time views: none, flip2, rot4, dihedral8, rotN or a count "
+                                                    "(default: the bundle's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Prediction batch size.")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     allow_outside_root: Annotated[bool, typer.Option(help="Let --catalog paths leave the catalog's folder.")] = False,
 ) -> None:
     """Predict images, tiles or survey points with a bundle or a registered MLflow model; write a table."""
+    from geocnn.config.common import parse_views
     from geocnn.data.catalog import Catalog
     from geocnn.data.sources.galaxy_tables import read_csv_catalog
-    from geocnn.data.sources.images import find_image_files
+    from geocnn.data.sources.images import walk_images
     from geocnn.data.sources.survey import read_survey
     from geocnn.domains.base import predict_catalog
     from geocnn.inference.bundle import load_bundle
     from geocnn.outputs.tables import write_table
-    from geocnn.tracking.model_uri import resolve_model
+    from geocnn.serving.batch import sample_id
+    from geocnn.tracking.model_uri import resolve
 
     if (images is None) == (catalog is None):
         raise GeocnnError("give exactly one of --images DIR or --catalog FILE")
-    bundle = load_bundle(resolve_model(model))
+    if images is not None and not images.is_dir():
+        raise GeocnnError(f"--images {images}: not a folder")
+    ref = resolve(model)
+    typer.echo(f"model {ref.label}", err=True)
+    bundle = load_bundle(ref.bundle_dir)
     from_files = bundle.preprocessing.chips.files
+    truth: dict[str, str] = {}
     if catalog is not None and not from_files:
         frame = read_survey(catalog, lat_column, lon_column, id_column=id_column)
         cat = Catalog(frame, [], str(catalog))
@@ -193,15 +283,45 @@ def predict(
         if not from_files:
             raise GeocnnError(f"--model {model}: this Earth model cuts chips from scenes around points; give "
                               "--catalog POINTS.csv (lat/lon columns), or map a scene with `geocnn map`")
-        if not images.is_dir():
-            raise GeocnnError(f"--images {images}: not a folder")
-        found = find_image_files(images)
+        found = walk_images(images)
         if not found:
             raise GeocnnError(f"--images {images}: no .jpg/.png/.fits/.tif/.npy images found")
-        cat = Catalog(pd_frame({"id": list(found), "image": [str(p) for p in found.values()]}), [], str(images))
-    frame = predict_catalog(bundle, cat, batch_size, device, tta, scene, progress=True)
+        ids: dict[str, Path] = {}
+        for path in found:
+            key = sample_id(path.relative_to(images).as_posix())
+            if key in ids:
+                raise GeocnnError(f"{path} and {ids[key]} would both get id {key!r}; rename or remove one")
+            ids[key] = path
+        truth = class_folders(ids, bundle.preprocessing.classes)
+        cat = Catalog(pd_frame({"id": list(ids), "image": [str(p) for p in ids.values()]}), [], str(images))
+    failures: dict[str, str] = {}
+    try:
+        views = None if tta is None else parse_views(tta)
+    except ValueError as exc:
+        raise GeocnnError(f"--tta: {exc}") from None
+    frame = predict_catalog(bundle, cat, batch_size, device, views, scene, progress=True, failures=failures)
+    if truth:  # class folders: the true class beside the prediction, so `geocnn score` can score it
+        frame.insert(1, bundle.preprocessing.targets[0], frame["id"].map(truth))
+    if failures and not len(frame):
+        key, error = next(iter(failures.items()))
+        raise GeocnnError(f"none of the {len(failures)} inputs could be predicted, nothing written to {out}; the "
+                          f"first, {key}: {error}")
+    for key, error in failures.items():
+        typer.secho(f"skipped {key}: {error}", fg=typer.colors.YELLOW, err=True)
     write_table(frame, out)
-    typer.echo(f"wrote {len(frame)} predictions to {out}")
+    what = "files" if images is not None else "catalog rows"
+    typer.echo(f"wrote {len(frame)} predictions to {out}" + (f"; {len(failures)} unreadable {what} skipped (listed "
+                                                           "above)" if failures else ""))
+
+
+def class_folders(ids: dict[str, Path], classes: list[str]) -> dict[str, str]:
+    """id -> true class when every file sits in a folder named after one of the model's classes, else {}."""
+    if not classes:
+        return {}
+    first = {key: key.split("/", 1)[0] for key in ids if "/" in key}
+    if len(first) != len(ids) or not set(first.values()) <= set(classes):
+        return {}
+    return first
 
 
 def pd_frame(columns: dict[str, list[str]]) -> Any:
@@ -267,17 +387,30 @@ def map_(
 @guarded
 def score(
     table: Annotated[Path, typer.Argument(help="Predictions table (.csv or .parquet).")],
-    target: Annotated[str, typer.Option(help="Observed values column.")],
-    prediction: Annotated[str, typer.Option(help="Predicted values column.")],
+    target: Annotated[str, typer.Option(help="Observed values column (the true class for classification).")],
+    prediction: Annotated[Optional[str], typer.Option(help="Predicted values column (regression; "
+                                                           "classification tables are scored from prob_* "
+                                                           "columns).")] = None,
     group: Annotated[Optional[str], typer.Option(help="Score per group (e.g. country) and average over groups.")] \
     = None,
     by: Annotated[Optional[str], typer.Option(help="Also score per value of this column (e.g. urban).")] = None,
 ) -> None:
-    """Score any predictions table; print one JSON object (pooled, per group, group mean, per --by value)."""
-    from geocnn.evaluation.grouped import score_table
+    """Score any predictions table; print one JSON object (pooled, per group, group mean, per --by value).
+
+    Regression: R2, r, RMSE, MAE of --prediction. Classification (prob_<class> columns): accuracy, balanced
+    accuracy, ROC AUC and log loss against the true class in --target."""
+    from geocnn.evaluation.grouped import is_classification_table, score_classification_table, score_table
     from geocnn.outputs.tables import read_table
 
-    typer.echo(json.dumps(score_table(read_table(table), target, prediction, group, by, source=str(table)), indent=2))
+    frame = read_table(table)
+    if prediction is None and is_classification_table(frame, target):
+        scores = score_classification_table(frame, target, group, by, source=str(table))
+    elif prediction is None:
+        raise GeocnnError(f"{table}: no prob_<class> columns, so this is not a classification table; give "
+                          "--prediction COLUMN (the predicted values) to score a regression")
+    else:
+        scores = score_table(frame, target, prediction, group, by, source=str(table))
+    typer.echo(json.dumps(scores, indent=2))
 
 
 @app.command()
@@ -314,16 +447,16 @@ def serve(
     = None,
     no_retrain: Annotated[bool, typer.Option("--no-retrain", help="Serve only the prediction deployment.")] = False,
     no_predict: Annotated[bool, typer.Option("--no-predict", help="Serve only the retraining deployment.")] = False,
+    port: Annotated[Optional[int], typer.Option(help="Port of the local Prefect server and UI (default 4200 when "
+                                                     "free).")] = None,
 ) -> None:
     """Serve the retrain and watch-folder prediction deployments on their schedules until stopped (Ctrl-C).
 
     Uses the Prefect server at $PREFECT_API_URL when set; otherwise starts a local one (SQLite in data/prefect,
     127.0.0.1 only) for as long as it runs.
     """
-    from prefect import serve as prefect_serve
-
     from geocnn.config import derive, load_config
-    from geocnn.serving.schedules import plan, prefect_api
+    from geocnn.serving.schedules import describe_schedule, pick_port, plan, prefect_api
     from geocnn.tracking.runs import artifact_root, tracking_uri
     from pipelines.deployments import deployments
 
@@ -334,17 +467,28 @@ def serve(
         cfg = derive(cfg, {"schedule.retrain_cron": None})
     if no_predict and predict is None and cfg.schedule.predict_cron:
         cfg = derive(cfg, {"schedule.predict_cron": None})
-    p = plan(cfg, config, list(set_ or []), retrain, predict, input_dir, output_dir, model)
+    p = plan(cfg, config, list(set_ or []), retrain, predict, input_dir, output_dir, model)  # validates first
+    chosen, note = (None, None) if os.environ.get("PREFECT_API_URL") else pick_port(port)
+    if note:
+        typer.echo(note)
+    from prefect import serve as prefect_serve
+
+    from pipelines.console import hide_run_errors_on_console
+
+    if not STATE["debug"]:
+        hide_run_errors_on_console()
     # flow runs are subprocesses: give them absolute MLflow locations
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.tracking.tracking_uri)
     os.environ["GEOCNN_MLFLOW_ARTIFACTS"] = artifact_root().removeprefix("file://")
-    with prefect_api() as url:
-        typer.echo(f"Prefect API: {url}   (UI: {url.removesuffix('/api')})")
+    with prefect_api(port=chosen) as url:
+        typer.echo(f"Prefect UI:  {url.removesuffix('/api')}")
+        typer.echo(f"Prefect API: {url}   (from another shell: export PREFECT_API_URL={url}; then "
+                   "`prefect deployment ls`, `prefect deployment run NAME`)")
         if p.retrain:
-            typer.echo(f"retrain  {cfg.name}: {p.retrain_schedule} ({p.timezone})")
+            typer.echo(f"retrain  {cfg.name}: {describe_schedule(p.retrain_schedule, p.timezone)}")
         if p.predict:
             typer.echo(f"predict  {p.predict['input_dir']} -> {p.predict['output_dir']} with {p.predict['model']}: "
-                       f"{p.predict_schedule} ({p.timezone})")
+                       f"{describe_schedule(p.predict_schedule, p.timezone)}")
         prefect_serve(*deployments(p, cfg.name))
 
 
@@ -378,7 +522,13 @@ def watch(
     else:
         from pipelines.predict import predict_flow
 
-        summary = predict_flow(*args)
+        from geocnn.serving.batch import FilesFailed
+
+        try:
+            with prefect_console():
+                summary = predict_flow(*args)
+        except FilesFailed as exc:  # the flow run is Failed; the outputs of the other files are there all the same
+            summary = exc.summary
     for key, path in summary.get("outputs", {}).items():
         typer.echo(f"{key:<28} {path}")
     if summary.get("n_failed"):
@@ -415,8 +565,11 @@ def config(path: Annotated[Path, typer.Argument(help="Experiment YAML.")], set_:
     import yaml
 
     from geocnn.config import load_config
+    from geocnn.models.backbones import check_backbone
 
-    typer.echo(yaml.safe_dump(load_config(path, set_ or []).model_dump(), sort_keys=False))
+    cfg = load_config(path, set_ or [])
+    check_backbone(cfg.model.backbone)
+    typer.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,12 +42,19 @@ def predict_flow(input_dir: str, output_dir: str, model: str, patterns: list[str
                  min_age_s: float = 2.0, max_attempts: int = 3, batch_size: int = 64, device: str = "auto",
                  stride_px: int | None = None) -> dict[str, Any]:
     """Predict the images or scenes that arrived in ``input_dir`` since the last successful run with ``model``
-    (e.g. models:/NAME@champion, resolved at each run); write tables (and maps); record every file in the ledger."""
+    (e.g. models:/NAME@champion, resolved at each run); write tables (and maps); record every file in the ledger.
+
+    The run ends Failed when a file failed or was given up (the others are predicted and recorded all the same),
+    so the UI, notifications and automations see it: :class:`FilesFailed` carries the summary.
+    """
     logger = get_run_logger()
     summary = batches.predict_new(input_dir, output_dir, model, patterns, min_age_s, max_attempts, batch_size, device,
-                                  stride_px, run_id=str(flow_run.get_id() or ""), steps=TASKS, log=logger.info)
+                                  stride_px, run_id=str(flow_run.get_id() or ""), steps=TASKS, log=logger.info,
+                                  warn=logger.warning)
     create_markdown_artifact(report_markdown(summary), key="watch-folder-report",
                              description=f"prediction of new files in {input_dir}")
     create_table_artifact(summary.get("items") or [{"file": "", "status": "nothing new", "error": ""}],
                           key="watch-folder-items", description="files processed by this run")
+    if summary.get("n_failed") or summary.get("given_up"):
+        raise batches.FilesFailed(summary)
     return summary

@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 
 # Each xdist worker gets its own Prefect home (its temporary API server's SQLite database) before Prefect is
-# imported; the ephemeral server may take long to start on a busy 2-core machine.
+# imported (geocnn itself raises the temporary server's start-up timeout: pipelines/__init__.py).
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"geocnn-prefect-{_WORKER}-")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = os.path.join(os.environ["PREFECT_HOME"], "storage")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import numpy as np  # noqa: E402

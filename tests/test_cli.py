@@ -105,3 +105,118 @@ def test_demo_quick_runs_both_flows_and_beats_the_baselines(tmp_path: Path) -> N
     assert earth["test/r2"] > earth["baseline/r2"] + 0.2, earth
     assert (tmp_path / "poverty_demo" / "maps" / "prediction.tif").exists()
     assert "baseline_nightlights/r2" in proc.stdout  # generated beside the stores, not in the project
+
+
+# ------------------------------------------------------------------------------------------ native command line
+def test_version_and_help_in_the_usual_style() -> None:
+    from geocnn import __version__
+
+    assert runner.invoke(app, ["--version"]).output.strip() == f"geocnn {__version__}"
+    for args in (["--help"], ["serve", "--help"], ["predict", "--help"], ["run", "--help"]):
+        text = runner.invoke(app, args, env={"COLUMNS": "120"}).output
+        assert "<bool>" not in text and "{config}" not in text and "<int>" not in text, text
+    serve = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "120"}).output
+    assert "serve [OPTIONS] CONFIG" in serve and "--port" in serve and "INTEGER" in serve
+
+
+def test_every_command_is_in_the_readme_command_list() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__.replace("_", "-")
+        assert f"geocnn {name}" in listed, name
+
+
+def test_a_backbone_typo_is_caught_before_any_work_with_real_suggestions(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  format: csv\n  catalog: {tmp_path / 'missing.csv'}\n  targets: [y]\n"
+                   "model:\n  backbone: resnt18\n")
+    res = run_cli("train", str(cfg))
+    assert res.returncode == 2
+    assert "model.backbone='resnt18' is not a timm model. Did you mean resnet18" in res.stderr, res.stderr
+    assert "missing.csv" not in res.stderr  # the config is refused before any data is read
+    assert "resnet18" in runner.invoke(app, ["config", str(cfg)]).output
+
+
+def test_serve_refuses_a_bad_cron_before_starting_any_server(tmp_path: Path) -> None:
+    import time
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: s\noutput_dir: {tmp_path / 'run'}\n")
+    started = time.monotonic()
+    res = run_cli("serve", str(cfg), "--retrain-cron", "61 * * * *", "--no-predict")
+    assert res.returncode == 2 and time.monotonic() - started < 30
+    assert "retrain schedule '61 * * * *'" in res.stderr and "not a valid cron expression" in res.stderr
+    assert not (Path("data/prefect/server.log").exists() and Path("data/prefect/server.log").stat().st_mtime
+                > time.time() - 30)  # no server was started
+    res = run_cli("serve", str(cfg), "--predict-every", "-5", "--no-retrain")
+    assert res.returncode == 2 and "must be a positive number of seconds" in res.stderr
+
+
+def test_schedules_read_as_durations() -> None:
+    from geocnn.serving.schedules import describe_schedule
+
+    assert describe_schedule(60.0, "UTC") == "every 1 min"
+    assert describe_schedule(90, "UTC") == "every 1 min 30 s"
+    assert describe_schedule(7200, "UTC") == "every 2 h"
+    assert describe_schedule(0.5, "UTC") == "every 0.5 s"
+    assert describe_schedule("0 3 * * 0", "Europe/Paris") == "cron '0 3 * * 0' (Europe/Paris)"
+
+
+def test_named_test_time_views() -> None:
+    from geocnn.config import AugmentConfig
+    from geocnn.config.common import parse_views
+
+    assert [parse_views(n) for n in ("none", "flip2", "rot4", "dihedral8", "rot6", "8")] == [1, 2, 4, 8, 6, 8]
+    assert AugmentConfig(tta_views="rot4").tta_views == 4
+    with pytest.raises(ValueError, match="exact dihedral set"):
+        parse_views("rot8")
+    with pytest.raises(ValueError, match="unknown test-time views"):
+        parse_views("mirror")
+
+
+def test_predict_class_folders_keeps_the_true_class_skips_a_corrupt_file_and_scores(tmp_path: Path) -> None:
+    """Two commands: predict a held-out class-folder set (one file corrupt), then score the table."""
+    import json
+
+    from geocnn.data.chips import ChipSpec
+    from tests.conftest import write_rgb
+    from tests.helpers import write_bundle
+
+    bundle = write_bundle(tmp_path / "bundle", ChipSpec(out_px=16, files=True, crop=16), ["r", "g", "b"],
+                          targets=("label",), classes=("cat", "dog"))
+    held = tmp_path / "test"
+    for cls in ("cat", "dog"):
+        for i in range(3):
+            write_rgb(held / cls / f"{i}.png", size=16, seed=i)
+    (held / "dog" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "p.csv"
+    res = run_cli("predict", "--model", str(bundle), "--images", str(held), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "skipped dog/broken:" in res.stderr and "1 unreadable files skipped" in res.stdout
+    table = pd.read_csv(out)
+    assert sorted(table["id"]) == ["cat/0", "cat/1", "cat/2", "dog/0", "dog/1", "dog/2"]  # the training ids
+    assert (table["label"] == table["id"].str.split("/").str[0]).all()
+    res = run_cli("score", str(out), "--target", "label", "--group", "label")
+    assert res.returncode == 0, res.stderr
+    scores = json.loads(res.stdout)
+    probs = table[["prob_cat", "prob_dog"]].to_numpy()
+    want = (probs.argmax(1) == (table["label"] == "dog").to_numpy()).mean()
+    assert scores["pooled"]["accuracy"] == pytest.approx(want) and scores["pooled"]["n"] == 6
+    assert set(scores["pooled"]) >= {"balanced_accuracy", "roc_auc", "log_loss"}
+    assert set(scores["groups"]) == {"cat", "dog"} and "accuracy" in scores["group_mean"]
+    res = run_cli("score", str(out), "--target", "label_missing")
+    assert res.returncode == 2 and "label_missing" in res.stderr
+
+
+def test_montage_shows_confident_errors_then_every_class() -> None:
+    import numpy as np
+
+    from geocnn.domains.galaxy import montage_order
+
+    truth = np.array([0] * 20 + [1] * 20 + [2] * 20)
+    proba = np.eye(3)[truth] * 0.9 + 0.05
+    proba[[3, 25]] = [[0.02, 0.96, 0.02], [0.2, 0.3, 0.5]]  # two errors, the first far more confident
+    picked = montage_order(truth, proba, 8, seed=0)
+    assert picked[:2].tolist() == [3, 25]
+    assert sorted(set(truth[picked[2:]].tolist())) == [0, 1, 2] and len(set(picked.tolist())) == 8

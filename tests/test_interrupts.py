@@ -113,7 +113,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_ends_like_an_uninte
         f"  crop: 64\n  chip_size: 64\n  store_root: {tmp_path / 'stores'}\nsplit:\n  method: stratified\n"
         "model:\n  backbone: resnet10t\n  task: classification\n  dropout: 0.2\n"
         "train:\n  epochs: 3\n  batch_size: 16\n  num_threads: 1\n  optimizer:\n    lr: 0.003\n"
-        "augment:\n  tta_views: 2\ntracking:\n  register_model: false\n")
+        "augment:\n  tta_views: 2\ntracking:\n  register: never\n")
     cmd = [sys.executable, "-m", "geocnn.cli", "train", str(cfg), "--set"]
     from geocnn.config import load_config
     from geocnn.tracking.runs import setup
@@ -173,3 +173,59 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_ends_like_an_uninte
         assert [s for s, _ in a] == [0, 1, 2] == [s for s, _ in b]
         np.testing.assert_allclose([v for _, v in a], [v for _, v in b], atol=1e-5)
     assert read_state(killed_out)["run_finished"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_ctrl_c_mid_epoch_stops_in_seconds_with_one_line_and_the_run_killed_then_resumes(tmp_path: Path,
+                                                                                          command: str) -> None:
+    """SIGINT (Ctrl-C) during epoch 2 of `geocnn train` (no Prefect) and `geocnn run` (a Prefect flow)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from geocnn.synthetic.galaxies import make_galaxies
+    from geocnn.training.resume import checkpoint_epoch, read_state
+
+    catalog = make_galaxies(tmp_path / "syn", 300, 64, seed=3)
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(
+        f"name: ctrlc\nseed: 11\noutput_dir: {tmp_path / 'out'}\ndata:\n  format: csv\n  catalog: {catalog}\n"
+        f"  targets: [morphology]\n  crop: 64\n  chip_size: 64\n  store_root: {tmp_path / 'stores'}\n"
+        "split:\n  method: stratified\nmodel:\n  backbone: resnet10t\n  task: classification\n"
+        "train:\n  epochs: 3\n  batch_size: 16\n  num_threads: 1\naugment:\n  tta_views: 1\n"
+        "tracking:\n  register: never\n")
+    cmd = [sys.executable, "-m", "geocnn.cli", command, str(cfg)]
+    out = tmp_path / "out"
+    last = out / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def into_second_epoch() -> Path | None:
+        if not last.exists():
+            return None
+        time.sleep(0.5)
+        return last
+
+    deadline = time.monotonic() + 300
+    while into_second_epoch() is None:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "training never reached epoch 2"
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert took < 15, f"Ctrl-C took {took:.1f} s to stop"
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert lines == ["interrupted at epoch 1; rerun the same command to resume"], stderr[-3000:]
+    assert checkpoint_epoch(last) == 0
+    state = read_state(out)
+    client = MlflowClient(mlflow.get_tracking_uri())
+    assert client.get_run(state["run_id"]).info.status == "KILLED"  # MLflow's status of an interrupted run
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resumed an interrupted training from its last checkpoint at epoch 1" in rerun.stdout
+    run = client.get_run(state["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["geocnn.resumed_at_epoch"] == "1"

@@ -82,7 +82,7 @@ def test_two_concurrent_watch_runs_process_each_file_once(tmp_path: Path) -> Non
     assert sorted(i["path"] for i in items) == names and all(i["status"] == "done" for i in items)
     assert len(batches) == 1  # one run did the work; the other saw the lock (or nothing left) and wrote nothing
     table = pd.read_parquet(out / "predictions.parquet")
-    assert sorted(table["id"]) == names and table["id"].is_unique
+    assert sorted(table["id"]) == [Path(n).stem for n in names] and table["id"].is_unique
     # and a third run afterwards finds nothing new
     third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0

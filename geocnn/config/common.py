@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -27,12 +28,36 @@ def _is_section(model: type[BaseModel], key: str) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+VIEW_NAMES = {"none": 1, "flip2": 2, "rot4": 4, "dihedral8": 8}
+"""Named test-time views and the count the forward loop takes (see data/augment.tta_views)."""
+
+
+def parse_views(value: str | int) -> int:
+    """A named set of test-time views (none, flip2, rot4, dihedral8, rotN) or a count, as the view count."""
+    if isinstance(value, int) or str(value).strip().isdigit():
+        return int(value)
+    name = str(value).strip().lower()
+    if name in VIEW_NAMES:
+        return VIEW_NAMES[name]
+    if name.startswith("rot") and name[3:].isdigit():
+        n = int(name[3:])
+        if n in VIEW_NAMES.values():
+            same = [k for k, v in VIEW_NAMES.items() if v == n]
+            raise ValueError(f"{name}: {n} views are the exact dihedral set {same}; resampled rotations need "
+                             "another count (e.g. rot6, rot12)")
+        return n
+    raise ValueError(f"unknown test-time views {value!r}; use none, flip2, rot4, dihedral8, rotN or a count")
+
+
 class SplitConfig(Strict):
     """Train/val/test assignment, deterministic for a seed."""
 
-    method: Literal["random", "stratified", "grouped", "blocks"] = Field(
+    method: Literal["random", "stratified", "grouped", "blocks", "predefined"] = Field(
         "random", description="random; stratified on 'stratify_column'; grouped keeps each group in one split; "
-        "blocks groups points into square spatial blocks of block_km.")
+        "blocks groups points into square spatial blocks of block_km; predefined keeps the data set's own split "
+        "(train/ validation/ test/ folders of a class-folder data set, or the catalog's split_column).")
+    split_column: str = Field("split", description="predefined: the catalog column holding train / val / test "
+                              "(also accepted: training, valid, validation, dev, testing).")
     block_km: float = Field(50.0, gt=0, description="blocks: block side in km.")
     folds: int | Literal["groups"] | None = Field(
         None, description="Grouped cross-validation: k folds of groups (or blocks), each the test set once, the "
@@ -103,8 +128,18 @@ class AugmentConfig(Strict):
     translate: float = Field(0.05, ge=0, le=0.5, description="Max shift as a fraction of the chip side.")
     zoom: float = Field(0.1, ge=0, lt=1, description="Max zoom in/out as a fraction (log-uniform scale).")
     brightness: float = Field(0.1, ge=0, lt=1, description="Max relative brightness change.")
-    tta_views: int = Field(8, ge=1, description="Test-time views averaged: 1, 2, 4, 8 = dihedral flips/rot90; "
-                           "other n = n rotations by 360/n degrees.")
+    tta_views: int = Field(8, ge=1, description="Test-time views averaged, by name: none, flip2 (identity + mirror), "
+                           "rot4 (four quarter turns, no mirror: keeps chirality, e.g. spiral winding), dihedral8 "
+                           "(quarter turns x mirror), rotN (N resampled rotations, N not 1/2/4/8); or the count "
+                           "1, 2, 4, 8 (= none, flip2, rot4, dihedral8).")
+
+    @field_validator("tta_views", mode="before")
+    @classmethod
+    def _named_views(cls, value: object) -> object:
+        return parse_views(value) if isinstance(value, str) else value
+    tta_train: bool = Field(False, description="Also average the test-time views for the training rows of the "
+                            "predictions table (they are never scored; by default they get one view, which saves "
+                            "most of the evaluation time of a long catalog).")
 
 
 class TrainConfig(Strict):
@@ -128,6 +163,10 @@ class TrainConfig(Strict):
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present, else CPU.")
     resume: bool = Field(True, description="Resume from the last checkpoint in output_dir if one exists.")
+    keep_checkpoints: bool = Field(False, description="Keep the training checkpoints (last and best epoch, with "
+                                   "optimiser state) after a completed run; by default they are deleted then, since "
+                                   "the bundle holds the trained weights and resume needs them only while a run is "
+                                   "unfinished.")
     compile: bool = Field(False, description="torch.compile the network's training forward (worth it on a GPU "
                           "for long runs; the first steps pay the compilation).")
     limit_train_batches: float | int | None = Field(None, description="Debug: cap on batches per epoch.")
@@ -147,6 +186,10 @@ class TrainConfig(Strict):
         return "max" if any(k in leaf for k in ("accuracy", "auc", "r2", "pearson")) else "min"
 
 
+# pydantic warns that the field `register` shadows ABCMeta.register (virtual subclasses), which no config uses.
+warnings.filterwarnings("ignore", message='Field name "register" in "TrackingConfig" shadows', category=UserWarning)
+
+
 class TrackingConfig(Strict):
     """MLflow tracking, the model registry, and champion promotion."""
 
@@ -154,7 +197,10 @@ class TrackingConfig(Strict):
     tracking_uri: str | None = Field(None, description="MLflow URI (default: $MLFLOW_TRACKING_URI, else SQLite "
                                      "at data/mlflow/mlflow.db).")
     experiment: str = Field("geocnn", description="MLflow experiment name.")
-    register_model: bool = Field(True, description="Register every trained model as a new version.")
+    register: Literal["always", "if_promoted", "never"] = Field(
+        "if_promoted", description="When a trained model becomes a registered version: always (every training), "
+        "if_promoted (only a model that becomes the champion: the registry holds the line of champions, exploratory "
+        "runs stay as runs with a logged model), never.")
     registered_model: str | None = Field(None, description="Registered model name (default: the experiment name).")
     alias: str = Field("champion", description="The alias promotion manages; predictions use models:/NAME@alias.")
     promotion: Literal["if_better", "always", "never"] = Field(
@@ -170,8 +216,8 @@ class TrackingConfig(Strict):
                                  "only if there are at least this many.")
 
     def model_name(self, experiment_name: str) -> str | None:
-        """The registered model name, or None when registration is off."""
-        return (self.registered_model or experiment_name) if self.register_model else None
+        """The registered model name, or None when registration is off (tracking.register=never)."""
+        return (self.registered_model or experiment_name) if self.register != "never" else None
 
 
 class ScheduleConfig(Strict):

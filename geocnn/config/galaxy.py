@@ -39,6 +39,9 @@ class GalaxyData(Strict):
     synthetic_size: int = Field(128, gt=0, description="Side in pixels of generated galaxies (format 'synthetic').")
     synthetic_seed: int = Field(0, description="Seed of the generated galaxies (format 'synthetic'); independent of "
                                 "the model seed, so model seeds can vary on the same data.")
+    class_names: list[str] | dict[str, str] | str | None = Field(
+        None, description="Names of integer class labels, used in metrics, plots and tables: a list in code order "
+        "(0, 1, ...), a mapping {code: name}, or a YAML/JSON/CSV file holding one (CSV: code,name columns).")
     store_root: str = Field("data/stores", description="Folder holding chip stores (reused across runs).")
     allow_outside_root: bool = Field(False, description="Let catalog image paths point outside data.images and "
                                      "the catalog's folder (off: a path like ../../x or an absolute path elsewhere "

@@ -20,6 +20,11 @@ LAT, LON = "lat", "lon"
 """Optional EPSG:4326 coordinates of the sample (spatial blocks, chips from scenes, GeoJSON exports)."""
 URBAN, WEIGHT = "urban", "weight"
 """Optional urban/rural label and survey weight."""
+SPLIT = "split"
+"""A data set's own partition of a sample (train/val/test), used by split.method=predefined."""
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test"}
+"""Names data sets give their partitions (folders or a split column), and the partition each means."""
 RESERVED = (ID, IMAGE, GROUP, LAT, LON, URBAN, WEIGHT)
 """Columns a reader fills itself; targets may not use these names."""
 
@@ -177,3 +182,19 @@ def encode_classes(values: pd.Series, source: str, column: str) -> tuple[pd.Seri
     return codes, [str(k) for k in distinct]
 
 
+
+
+def name_classes(catalog: Catalog, names: list[str] | dict[str, str], key: str = "data.class_names") -> Catalog:
+    """Replace integer class labels (classes '0', '1', ...) by names: a list in code order or a {code: name} map."""
+    if not catalog.classes:
+        raise GeocnnError(f"{key} is set, but the targets are not class labels (classification); remove {key}")
+    mapping = {str(i): n for i, n in enumerate(names)} if isinstance(names, list) else \
+        {str(k).strip(): str(v) for k, v in names.items()}
+    missing = [c for c in catalog.classes if c not in mapping]
+    if missing:
+        raise GeocnnError(f"{key}: no name for class label(s) {missing} of {catalog.source} (labels: "
+                          f"{catalog.classes}); give a name for every label")
+    renamed = [mapping[c] for c in catalog.classes]
+    if len(set(renamed)) != len(renamed):
+        raise GeocnnError(f"{key}: two labels got the same name ({renamed}); class names must be unique")
+    return Catalog(frame=catalog.frame, targets=catalog.targets, source=catalog.source, classes=renamed)

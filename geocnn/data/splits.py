@@ -13,6 +13,7 @@ from sklearn.model_selection import train_test_split
 
 from geocnn.atomic import atomic_path
 from geocnn.config import SplitConfig
+from geocnn.data.catalog import SPLIT_NAMES
 from geocnn.data.store import ChipStore, band_stats
 from geocnn.errors import GeocnnError
 
@@ -131,11 +132,37 @@ def n_folds(index: pd.DataFrame, cfg: SplitConfig) -> int:
     return int(group_folds(sample_groups(index, cfg), cfg.folds, cfg.seed).max()) + 1
 
 
+def predefined_splits(index: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:
+    """The data set's own partition of every sample (split.method=predefined), from split.split_column."""
+    col = cfg.split_column
+    if col not in index.columns:
+        raise GeocnnError(f"split.method=predefined reads the data set's own split from column '{col}' "
+                          f"(split.split_column), which the catalog does not have; add it (train/val/test per row), "
+                          "lay the images out as train/ validation/ test/ folders of class folders, or choose "
+                          "another split.method")
+    raw = index[col].astype(str).str.strip().str.lower()
+    known = raw.isin(list(SPLIT_NAMES))
+    if not known.all():
+        i = int(np.flatnonzero(~known.to_numpy())[0])
+        raise GeocnnError(f"catalog row {i + 2}, column '{col}': {index[col].iloc[i]!r} is not a split name; use "
+                          f"train, val or test (or one of {sorted(SPLIT_NAMES)})")
+    out = raw.map(SPLIT_NAMES).to_numpy(dtype=object)
+    if not (out == "train").any():
+        raise GeocnnError(f"split.method=predefined: no row of column '{col}' is train; the data set must hold "
+                          "training samples")
+    if not (out == "val").any() and cfg.val_fraction > 0:
+        raise GeocnnError(f"split.method=predefined: column '{col}' has no val rows, and model selection needs a "
+                          "validation partition; add validation samples (a validation/ folder or val rows)")
+    return out
+
+
 def assign_splits(index: pd.DataFrame, cfg: SplitConfig, stratify: str | None = None) -> np.ndarray:
     """Return 'train'/'val'/'test' per row; the same inputs and seed give the same answer.
 
     Errors name the config key to change when a partition would be empty.
     """
+    if cfg.method == "predefined":
+        return predefined_splits(index, cfg)
     n = len(index)
     n_val, n_test = _counts(n, cfg)
     if cfg.val_fraction > 0 and n_val == 0 or cfg.test_fraction > 0 and n_test == 0 or n - n_val - n_test < 1:

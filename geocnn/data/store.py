@@ -180,7 +180,7 @@ def build_store(catalog: Catalog, spec: ChipSpec, store_root: str | Path, labels
         made = pool.map(make, range(1, len(rows))) if pool else (make(i) for i in range(1, len(rows)))
         try:
             for i, sample_chips in enumerate(tqdm([first] if len(rows) == 1 else _chain(first, made),
-                                                  total=len(rows), desc="chips", disable=not progress)):
+                                                  total=len(rows), desc="chips", disable=None if progress else True)):
                 ids = chip_ids(str(rows[i][ID]), sample_chips)
                 for k, chip in enumerate(sample_chips):
                     j = i * per + k

@@ -7,6 +7,7 @@ preprocessing); every run of every domain takes the steps below, so the galaxy a
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 
 from geocnn.atomic import atomic_path
 from geocnn.config import AnyExperiment, AugmentConfig, ModelConfig, SplitConfig, TrainConfig
-from geocnn.data.catalog import GROUP, LAT, LON, URBAN, Catalog
+from geocnn.data.catalog import GROUP, IMAGE, LAT, LON, SPLIT, URBAN, Catalog
 from geocnn.data.chips import ChipSource, ChipSpec
 from geocnn.data.fingerprint import ingest_key
 from geocnn.data.splits import n_folds, sample_groups, split_store
@@ -28,6 +29,7 @@ from geocnn.errors import GeocnnError
 from geocnn.evaluation.baselines import out_of_fold
 from geocnn.inference.bundle import Bundle, Preprocessing, Stage2, check_chips, load_bundle, save_bundle
 from geocnn.inference.predict import Forward
+from geocnn.models.backbones import check_backbone
 from geocnn.models.network import GeoNet
 from geocnn.models.tasks import ScoreInput, Targets, TaskSpec, task_spec
 from geocnn.outputs.geojson import write_geojson_points
@@ -35,10 +37,11 @@ from geocnn.outputs.tables import predictions_frame, write_tables
 from geocnn.tracking import registry
 from geocnn.tracking import runs as tracking
 from geocnn.tracking.model_uri import download_artifact, resolve_model
-from geocnn.tracking.pyfunc import log_bundle_model
+from geocnn.tracking.pyfunc import log_bundle_model, logged_model_name
 from geocnn.training.fit import FitResult, FitSpec, fit
 from geocnn.training.resume import checkpoint_epoch, content_key, read_state, resume_checkpoint, write_state
 
+LOG = logging.getLogger("geocnn")
 CONTEXT = ("split", "fold", GROUP, LAT, LON, URBAN, "weight", "n_chips")
 """Per-sample columns the predictions table carries beside the predictions (when the run has them)."""
 
@@ -88,17 +91,20 @@ class CnnPlan:
     views: int
     device: str
     batch_size: int
+    train_views: int = 1
+    """Views of the training rows' predictions (never scored): 1 unless augment.tta_train."""
 
     @classmethod
     def of(cls, cfg: AnyExperiment) -> "CnnPlan":
         """The plan of an experiment's own CNN."""
-        return cls(FitSpec.of(cfg), cfg.split, cfg.augment.tta_views, cfg.train.device, cfg.train.eval_batch_size)
+        return cls(FitSpec.of(cfg), cfg.split, cfg.augment.tta_views, cfg.train.device, cfg.train.eval_batch_size,
+                   cfg.augment.tta_views if cfg.augment.tta_train else 1)
 
     def stage(self, model: ModelConfig, split: SplitConfig, out: Path, train: TrainConfig | None = None,
               augment: AugmentConfig | None = None) -> "CnnPlan":
         """Another CNN of the same run (stage 1 of two-stage transfer): other model/split, its own folder."""
         fs = FitSpec(model, train or self.fit.train, augment or self.fit.augment, self.fit.seed, out)
-        return CnnPlan(fs, split, self.views, self.device, self.batch_size)
+        return CnnPlan(fs, split, self.views, self.device, self.batch_size, self.train_views)
 
 
 # -------------------------------------------------------------------------------------------------- domain
@@ -134,12 +140,20 @@ class Domain:
     def split(self, store: ChipStore, cfg: AnyExperiment, progress: bool = True) -> None:
         """Check everything fitting needs before a run or an output exists: the task's settings and every split
         (assigned now and cached in the store, so fitting reuses them)."""
+        if SPLIT in store.index.columns and cfg.split.method != "predefined":
+            LOG.warning("%s has its own split (train/validation/test folders or a '%s' column); split.method=%s "
+                        "ignores it. Set split.method: predefined to keep it.", store.meta["source"], SPLIT,
+                        cfg.split.method)
         check_plan(store, CnnPlan.of(cfg))
 
     def train(self, store: ChipStore, cfg: AnyExperiment, run_id: str | None = None,
               progress: bool = True) -> Trained:
         """Fit the model(s) and predict every sample held out: the CNN on folds or one split."""
         return train_cnn(store, CnnPlan.of(cfg), run_id, progress=progress)
+
+    def task_tag(self, cfg: AnyExperiment) -> str:
+        """What the run predicts, as tagged in MLflow (``geocnn.task``)."""
+        return cfg.model.task
 
     def promotion_metric(self, cfg: AnyExperiment) -> str:
         """The default validation metric deciding promotion."""
@@ -235,11 +249,13 @@ def bundle_forward(bundle: Bundle, device: str = "auto", views: int | None = Non
 
 def predict_catalog(bundle: Bundle, catalog: Catalog, batch_size: int = 64, device: str = "auto",
                     views: int | None = None, scenes: list[str] | None = None, progress: bool = False,
-                    chunk: int = 1024) -> pd.DataFrame:
+                    chunk: int = 1024, failures: dict[str, str] | None = None) -> pd.DataFrame:
     """Predict every catalog row with a bundle: chips cut as in training (files, or windows of the bundle's scenes
     or ``scenes`` around each point), through the bundle's forward loop, averaged over each sample's chips.
 
-    Chips with more nodata than the bundle allows are left out; a sample with none left gets NaN.
+    Chips with more nodata than the bundle allows are left out; a sample with none left gets NaN. With
+    ``failures`` (id -> error), a row whose file cannot be read is recorded there and left out of the table
+    instead of stopping the batch.
     """
     pre = bundle.preprocessing
     spec = pre.chips if not scenes else ChipSpec.model_validate({**pre.chips.model_dump(), "scenes": list(scenes)})
@@ -250,7 +266,16 @@ def predict_catalog(bundle: Bundle, catalog: Catalog, batch_size: int = 64, devi
         for start in range(0, len(rows), chunk):
             chips, owner = [], []
             for i in range(start, min(start + chunk, len(rows))):
-                for chip in src.make(rows[i]):
+                try:
+                    made = src.make(rows[i])
+                    if failures is not None and made:
+                        check_chips(pre, (len(made), *made[0].pixels.shape), str(rows[i].get(IMAGE, rows[i]["id"])))
+                except Exception as exc:  # noqa: BLE001 - with ``failures``, an unreadable file fails alone
+                    if failures is None:
+                        raise
+                    failures[str(rows[i]["id"])] = f"{type(exc).__name__}: {exc}"
+                    continue
+                for chip in made:
                     if spec.max_nodata_fraction is None or chip.nodata <= spec.max_nodata_fraction:
                         chips.append(chip.pixels)
                         owner.append(i)
@@ -265,7 +290,8 @@ def predict_catalog(bundle: Bundle, catalog: Catalog, batch_size: int = 64, devi
     forward.release()
     task, targets = output_task(bundle)
     context = catalog.frame[[c for c in (LAT, LON, GROUP) if c in catalog.frame.columns]]
-    return predictions_frame(catalog.frame["id"].to_numpy(), pred, task, targets, context)
+    frame = predictions_frame(catalog.frame["id"].to_numpy(), pred, task, targets, context)
+    return frame[~frame["id"].isin(list(failures or {}))].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------------- fitting
@@ -321,10 +347,14 @@ def train_cnn(store: ChipStore, plan: CnnPlan, run_id: str | None = None, prefix
         fs = FitSpec(plan.fit.model, plan.fit.train, plan.fit.augment, plan.fit.seed, out)
         result = fit(view, fs, epoch_logger(run_id, prefix + ("" if f is None else f"fold{f}/")), progress)
         fits.append(result)
-        rows = np.flatnonzero(np.isin(view.split, ["test", "val"])) if f is not None else np.arange(len(codes))
+        held = np.flatnonzero(np.isin(view.split, ["test", "val"]))
         forward = Forward(result.net, plan.views, plan.device)
         chip_pred = np.full((len(codes), pred.shape[1]), np.nan)
-        chip_pred[rows] = forward(store.chips, rows, plan.batch_size)
+        chip_pred[held] = forward(store.chips, held, plan.batch_size, progress, "evaluate held-out")
+        if f is None:  # one split: the training rows are in the table too, with train_views (not scored)
+            train_rows = np.flatnonzero(~np.isin(view.split, ["test", "val"]))
+            forward.views = plan.train_views
+            chip_pred[train_rows] = forward(store.chips, train_rows, plan.batch_size, progress, "predict train")
         result.net = forward.release()
         by_sample = _sample_means(chip_pred, codes, len(samples))
         part = view.sample_split()
@@ -428,6 +458,8 @@ def export(trained: Trained, evaluation: Evaluation, store: ChipStore, cfg: AnyE
     paths["bundle"] = save_bundle(trained.net, out / "bundle", pre,
                                   extra={"experiment": cfg.name, "store_key": store.meta["key"]})
     paths.update(domain.outputs(trained, evaluation, store, cfg, paths["bundle"]))
+    if evaluation.plots:
+        paths["plots"] = evaluation.plots[0].parent
     return paths
 
 
@@ -455,19 +487,52 @@ def track(run_id: str, trained: Trained, evaluation: Evaluation, paths: dict[str
     if trained.stage1_run_id:
         tracking.set_tags(run_id, {"geocnn.stage1_run_id": trained.stage1_run_id})
         tracking.end_run(trained.stage1_run_id)
-    info = log_bundle_model(run_id, paths["bundle"], example, name)
-    result = {"model_uri": info.model_uri}
-    version = getattr(info, "registered_model_version", None)
-    if name and version is not None:
-        result["registered_version"] = str(version)
+    tracking.log_dataset(run_id, store.samples(), f"{cfg.name}-data", str(store.meta["source"]), store.meta["key"],
+                         targets=store.targets[0] if len(store.targets) == 1 else None)
+    headline = headline_metric(evaluation.metrics)
+    description = run_description(cfg, domain, trained, store, evaluation.metrics, headline)
+    tracking.describe(run_id, description)
+    width = 1 if trained.stage2 is not None else trained.net.spec.n_outputs
+    info = log_bundle_model(run_id, paths["bundle"], example, logged_model_name(cfg.tracking.experiment, cfg.name),
+                            width)
+    result = {"model_uri": info.model_uri, "experiment_id": tracking.client().get_run(run_id).info.experiment_id}
+    if name:
         rescore = champion_rescore(cfg, name, store, trained, evaluation, paths["bundle"], default)
-        decision = registry.promote(tracking.client(), cfg.tracking, default, name, str(version), run_id,
-                                    evaluation.metrics, signature, rescore)
+        client = tracking.client()
+        decision = registry.decide(client, cfg.tracking, default, name, evaluation.metrics, signature, rescore)
+        version = None
+        if registry.should_register(cfg.tracking, decision):
+            version = registry.register(client, info.model_uri, info.model_id, run_id, name, signature, description)
+            result["registered_version"] = version
+            result["registered_model"] = name
+        registry.record(client, cfg.tracking, name, run_id, decision, version)
         result["promotion"] = decision.reason
-        result["promoted"] = str(decision.promoted).lower()
+        result["promoted"] = str(decision.promoted and version is not None).lower()
     tracking.end_run(run_id)
     finish_run(cfg)
     return result
+
+
+def headline_metric(metrics: dict[str, float]) -> str | None:
+    """The run's headline held-out metric: r2, accuracy or rmse, the first the run has beside a baseline."""
+    for key in ("r2", "accuracy", "rmse"):
+        if f"test/{key}" in metrics:
+            return key
+    return None
+
+
+def run_description(cfg: AnyExperiment, domain: Domain, trained: Trained, store: ChipStore,
+                    metrics: dict[str, float], headline: str | None) -> str:
+    """What was trained on what, and the headline held-out metric beside its baseline (the run's description)."""
+    how = "out of fold" if trained.fold is not None else "test split"
+    text = (f"{cfg.model.backbone} ({domain.task_tag(cfg)}) trained on {len(store.samples())} samples of "
+            f"{store.meta['source']} (targets: {', '.join(store.targets)}; store {store.meta['key'][:12]}).")
+    if headline:
+        n = int(metrics.get("test/n", 0))
+        text += f" Held-out ({how}, {n} samples): {headline} {metrics[f'test/{headline}']:.4f}"
+        base = metrics.get(f"baseline/{headline}")
+        text += f" vs baseline {base:.4f}." if base is not None else "."
+    return text
 
 
 def champion_rescore(cfg: AnyExperiment, name: str, store: ChipStore, trained: Trained, evaluation: Evaluation,
@@ -517,7 +582,7 @@ def champion_rescore(cfg: AnyExperiment, name: str, store: ChipStore, trained: T
 
 
 # ----------------------------------------------------------------------------------------------- run state
-def open_run(cfg: AnyExperiment) -> str | None:
+def open_run(cfg: AnyExperiment, domain: Domain) -> str | None:
     """Start the MLflow run, or reopen the one an interrupted run of the same command left unfinished.
 
     A run killed or failed before it finished is continued by the next run of the same config in the same
@@ -533,8 +598,10 @@ def open_run(cfg: AnyExperiment) -> str | None:
             and state.get("config") in (None, key):
         previous = state["run_id"]
     last = resume_checkpoint(cfg.out, state.get("fit_key", ""), cfg.train.resume) if previous else None
+    # the unfinished run is reopened either way; it is tagged resumed only when training continues a checkpoint
     run_id = tracking.start_run(cfg, resume_run_id=previous,
-                                resumed_at_epoch=checkpoint_epoch(last) + 1 if last else None)
+                                resumed_at_epoch=checkpoint_epoch(last) + 1 if last else None,
+                                task=domain.task_tag(cfg))
     write_state(cfg.out, run_id=run_id, run_finished=False, config=key)
     return run_id
 
@@ -549,10 +616,22 @@ def finish_run(cfg: AnyExperiment) -> None:
     write_state(cfg.out, run_finished=True)
 
 
-def fail_run(run_id: str | None) -> None:
-    """Mark the run FAILED (the next run of the same command resumes it)."""
+def fail_run(run_id: str | None, interrupted: bool = False) -> None:
+    """Mark the run FAILED, or KILLED when the user interrupted it (the next run of the same command resumes it)."""
     if run_id:
-        tracking.end_run(run_id, "FAILED")
+        tracking.end_run(run_id, "KILLED" if interrupted else "FAILED")
+
+
+def compact_checkpoints(cfg: AnyExperiment) -> int:
+    """After a completed run, delete its training checkpoints (the bundle holds the weights; resume needs them only
+    while a run is unfinished) unless train.keep_checkpoints; return the bytes freed."""
+    if cfg.train.keep_checkpoints:
+        return 0
+    freed = 0
+    for ckpt in cfg.out.rglob("checkpoints/*.ckpt"):
+        freed += ckpt.stat().st_size
+        ckpt.unlink()
+    return freed
 
 
 def summary(evaluation: Evaluation, paths: dict[str, Path], run_id: str | None, tracked: dict[str, str],
@@ -585,19 +664,22 @@ def run_experiment(cfg: AnyExperiment, domain: Domain, progress: bool = True,
     The MLflow run is opened after ingest and the split checks (bad input fails before any run or output exists)
     and marked FAILED when a later step fails; rerunning the same command resumes it.
     """
+    check_backbone(cfg.model.backbone)  # a typo fails before any data is read
     cfg = domain.prepare(cfg)
     steps = steps or Steps(domain.ingest, domain.split, domain.train)
     store = steps.ingest(cfg, progress=progress)
     steps.split(store, cfg, progress=progress)
-    run_id = open_run(cfg)
+    run_id = open_run(cfg, domain)
     try:
         trained = steps.train(store, cfg, run_id, progress=progress)
         evaluation = steps.evaluate(trained, store, cfg, domain)
         paths = steps.export(trained, evaluation, store, cfg, domain)
         tracked = steps.track(run_id, trained, evaluation, paths, store, cfg, domain) if run_id else {}
-    except BaseException:
-        fail_run(run_id)
+    except BaseException as exc:
+        fail_run(run_id, interrupted=isinstance(exc, KeyboardInterrupt))
         raise
     if not run_id:
         finish_run(cfg)
-    return summary(evaluation, paths, run_id, tracked, trained, store)
+    done = summary(evaluation, paths, run_id, tracked, trained, store)
+    done["checkpoints_freed_bytes"] = compact_checkpoints(cfg)
+    return done

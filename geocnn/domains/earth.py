@@ -149,6 +149,10 @@ class EarthDomain(Domain):
             return train_two_stage(self, store, self.prepare(cfg), run_id, progress)
         return super().train(store, cfg, run_id, progress)
 
+    def task_tag(self, cfg: EarthExperiment) -> str:
+        """Two-stage runs predict the survey target by regression (stage 1's night-light task is its own run's)."""
+        return "regression" if cfg.two_stage.enabled else cfg.model.task
+
     def promotion_metric(self, cfg: EarthExperiment) -> str:
         return "validation/r2"
 
@@ -264,7 +268,7 @@ def train_two_stage(domain: EarthDomain, store: ChipStore, cfg: EarthExperiment,
     if run_id:
         params = {"stage": "1", "task": task, "chips": len(store1.index), "label": cfg.earth.label_name,
                   "label_classes": cfg.earth.label_classes, "backbone": model.backbone}
-        s1_run = tracking.start_run(cfg, run_name=f"{cfg.name}-stage1", params=params, parent=run_id)
+        s1_run = tracking.start_run(cfg, run_name=f"{cfg.name}-stage1", params=params, parent=run_id, task=task)
     try:
         stage1 = train_cnn(store1, plan1, s1_run, progress=progress)
         spec1, t1 = task_spec(task), Targets(store1.targets, store1.classes)
@@ -273,12 +277,16 @@ def train_two_stage(domain: EarthDomain, store: ChipStore, cfg: EarthExperiment,
         s1_metrics.update(stage1.validation)
         if s1_run:
             tracking.log_metrics(s1_run, s1_metrics)
+            scored = stage1.split == "test"
+            plot = spec1.plot(y1[scored], stage1.pred[scored], t1, cfg.out / "stage1" / "plots")
+            tracking.log_artifacts(s1_run, [plot], "plots")
     except BaseException:
         if s1_run:
             tracking.end_run(s1_run, "FAILED")
         raise
     features = Forward(stage1.net, plan.views, plan.device, output="features")
-    x = store.sample_means(features(store.chips, batch_size=plan.batch_size))
+    x = store.sample_means(features(store.chips, batch_size=plan.batch_size, progress=progress,
+                                    desc="stage 1 features"))
     stage1.net = features.release()
     samples = store.samples()
     target = cfg.data.targets[0]

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from geocnn.config import GalaxyExperiment, derive
-from geocnn.data.catalog import Catalog
+from geocnn.data.catalog import Catalog, name_classes
 from geocnn.data.chips import ChipSpec
 from geocnn.data.fingerprint import files_under
-from geocnn.data.sources.galaxy_tables import read_galaxy_catalog
+from geocnn.data.sources.galaxy_tables import read_class_names, read_galaxy_catalog
 from geocnn.data.store import ChipStore, build_store
 from geocnn.domains.base import Domain
 from geocnn.evaluation.plots import plot_montage
@@ -20,6 +20,22 @@ from geocnn.synthetic.galaxies import make_galaxies
 
 MONTAGE = 32
 """Test galaxies drawn in the montage."""
+
+
+def montage_order(truth: np.ndarray, proba: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` positions: the most confident errors (at most half), then a shuffled round-robin over the true
+    classes of the rest."""
+    wrong = np.flatnonzero(proba.argmax(1) != truth)
+    errors = wrong[np.argsort(-proba[wrong].max(1), kind="stable")][: n // 2]
+    rng = np.random.default_rng(seed)
+    rest = np.setdiff1d(np.arange(len(truth)), errors)
+    queues = [list(rng.permutation(rest[truth[rest] == c])) for c in np.unique(truth[rest])]
+    picked = list(errors)
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop())
+    return np.asarray(picked, dtype=int)
 
 
 class GalaxyDomain(Domain):
@@ -42,7 +58,10 @@ class GalaxyDomain(Domain):
                             "data.targets": data.targets or ["morphology"]})
 
     def catalog(self, cfg: GalaxyExperiment) -> Catalog:
-        return task_spec(cfg.model.task).prepare(read_galaxy_catalog(self.prepare(cfg).data))
+        catalog = task_spec(cfg.model.task).prepare(read_galaxy_catalog(self.prepare(cfg).data))
+        if cfg.data.class_names is not None:
+            catalog = name_classes(catalog, read_class_names(cfg.data.class_names))
+        return catalog
 
     def chip_spec(self, cfg: GalaxyExperiment) -> ChipSpec:
         """Centre crop then resize (Dieleman et al.: 207 of 424 px, then 69 px), bands as configured."""
@@ -55,12 +74,18 @@ class GalaxyDomain(Domain):
 
     def input_files(self, cfg: GalaxyExperiment) -> list[Path]:
         d = cfg.data
-        return files_under(d.catalog) + files_under(d.images or (Path(d.catalog).parent if d.catalog else None))
+        names = files_under(d.class_names) if isinstance(d.class_names, str) else []
+        return (files_under(d.catalog) + files_under(d.images or (Path(d.catalog).parent if d.catalog else None))
+                + names)
 
     def plots(self, store: ChipStore, table: pd.DataFrame, y: np.ndarray, pred: np.ndarray, scored: np.ndarray,
               spec: TaskSpec, targets: Targets, cfg: GalaxyExperiment) -> list[Path]:
-        """A montage of the first test galaxies with true and predicted labels."""
-        test = np.flatnonzero(scored)[:MONTAGE]
+        """A montage of test galaxies with true and predicted labels: for classes, the most confident errors and
+        then samples of every true class in turn (a class-folder data set is not one class in id order)."""
+        test = np.flatnonzero(scored)
+        if targets.classes and pred.ndim == 2 and pred.shape[1] == len(targets.classes):
+            test = test[montage_order(y[test].astype(int), pred[test], MONTAGE, cfg.seed)]
+        test = test[:MONTAGE]
         first_chip = pd.Series(np.arange(len(store.index))).groupby(store.sample_of_rows()).first()
         chips = np.asarray(store.chips[first_chip.loc[test].to_numpy()])
         titles = spec.labels(y[test], pred[test], targets)

@@ -9,9 +9,55 @@ import pandas as pd
 
 from geocnn.data.catalog import require_columns
 from geocnn.errors import GeocnnError
-from geocnn.evaluation.metrics import regression_metrics
+from geocnn.evaluation.metrics import classification_metrics, regression_metrics
 
 KEYS = ("r2", "pearson_r", "pearson_r2", "rmse", "mae")
+CLASS_KEYS = ("accuracy", "balanced_accuracy", "roc_auc", "log_loss")
+PROB = "prob_"
+"""Prefix of a classification table's class-probability columns (``prob_<class>``)."""
+
+
+def is_classification_table(frame: pd.DataFrame, target: str) -> bool:
+    """A table of class probabilities (``prob_<class>`` columns): scored against the true class in ``target``."""
+    return any(str(c).startswith(PROB) for c in frame.columns)
+
+
+def score_classification_table(frame: pd.DataFrame, target: str, group: str | None = None, by: str | None = None,
+                               source: str = "table") -> dict[str, Any]:
+    """Accuracy, balanced accuracy, ROC AUC and log loss from the ``prob_<class>`` columns against the true class
+    in ``target``: pooled, per group with the mean over groups, and per value of ``by``."""
+    require_columns(frame, [target] + [c for c in (group, by) if c], source, "--target/--group/--by")
+    prob_cols = [c for c in frame.columns if str(c).startswith(PROB)]
+    classes = [str(c)[len(PROB):] for c in prob_cols]
+    truth = frame[target].astype(str).to_numpy()
+    known = {name: k for k, name in enumerate(classes)}
+    missing = ~np.isin(truth, classes)
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise GeocnnError(f"{source}: row {i + 2}, column '{target}': class {truth[i]!r} has no probability column "
+                          f"(found {prob_cols}); the table must hold prob_<class> for every true class")
+    proba = frame[prob_cols].to_numpy(dtype=np.float64)
+    if not np.isfinite(proba).all():
+        i = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
+        raise GeocnnError(f"{source}: row {i + 2}: a prob_* value is missing or not finite; drop such rows first")
+    y = np.array([known[t] for t in truth])
+
+    def metrics(rows: np.ndarray) -> dict[str, float]:
+        m = classification_metrics(y[rows], proba[rows], classes)
+        out = {k: float(m[k]) for k in CLASS_KEYS if k in m and np.isfinite(m[k])}
+        out["n"] = float(len(rows))
+        return out
+
+    result: dict[str, Any] = {"target": target, "classes": classes, "pooled": metrics(np.arange(len(frame)))}
+    for column, key in ((group, "groups"), (by, "by")):
+        if column:
+            codes = frame[column].astype(str).to_numpy()
+            result[key] = {g: metrics(np.flatnonzero(codes == g)) for g in sorted(set(codes))}
+    if group:
+        per = result["groups"].values()
+        result["group_mean"] = {k: float(np.mean([g[k] for g in per if k in g])) for k in CLASS_KEYS
+                                if any(k in g for g in per)}
+    return result
 
 
 def _metrics(frame: pd.DataFrame, target: str, prediction: str) -> dict[str, float]:

@@ -90,6 +90,8 @@ class Forward:
     @torch.inference_mode()
     def tensor(self, chips: np.ndarray | torch.Tensor) -> torch.Tensor:
         """One batch (B, C, H, W) -> (B, width) on the device (no host synchronisation)."""
+        if isinstance(chips, np.ndarray) and not chips.flags.writeable:
+            chips = np.array(chips)  # a read-only memory map: torch would warn (and must not write into it)
         x = torch.as_tensor(chips)
         if self.cuda:  # pinned, so the copy is asynchronous
             x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -102,11 +104,13 @@ class Forward:
         return self._finish(out)
 
     def __call__(self, chips: np.ndarray, rows: np.ndarray | None = None, batch_size: int = 128,
-                 progress: bool = False) -> np.ndarray:
+                 progress: bool = False, desc: str = "predict") -> np.ndarray:
         """``chips[rows]`` (a memmap is read batch by batch) -> (N, width) float32, in ``rows`` order."""
         rows = np.arange(len(chips)) if rows is None else np.asarray(rows)
         out = []
-        for start in tqdm(range(0, len(rows), batch_size), desc="predict", disable=not progress):
+        # bars only on a terminal (None: tqdm's own check), never as carriage-return noise in a log file
+        for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=None if progress else True,
+                          leave=False):
             batch = np.ascontiguousarray(chips[rows[start:start + batch_size]])
             out.append(self.tensor(batch))  # stays on the device: one synchronisation at the end
         if not out:

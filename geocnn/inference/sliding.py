@@ -167,7 +167,7 @@ def accumulate(read: Reader, grid: Grid, predict: Predictor, chip: int, stride: 
     if not strips:
         acc.nodata_blocks = None  # resampled windows: the nodata mask is re-read when the map is written
         bands = None  # every window must have the first one's band count
-        for row in tqdm(row_origins, desc="map strips", unit="strip", disable=not progress):
+        for row in tqdm(row_origins, desc="map strips", unit="strip", disable=None if progress else True):
             for col in col_origins:
                 chip_data = read_checked(read, Window(int(col), int(row), chip, chip), (in_px, in_px), bands)
                 bands = chip_data.shape[0]
@@ -185,7 +185,7 @@ def accumulate(read: Reader, grid: Grid, predict: Predictor, chip: int, stride: 
         # Strips are read one ahead in a thread (GDAL decodes without the GIL) while the model predicts.
         with ThreadPoolExecutor(max_workers=1) as pool:
             ahead = pool.submit(read_strip, row_origins[0])
-            for i, row in enumerate(tqdm(row_origins, desc="map strips", unit="strip", disable=not progress)):
+            for i, row in enumerate(tqdm(row_origins, desc="map strips", unit="strip", disable=None if progress else True)):
                 strip = ahead.result()
                 if i + 1 < len(row_origins):
                     ahead = pool.submit(read_strip, row_origins[i + 1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import timm
@@ -10,6 +11,19 @@ from torch import nn
 
 from geocnn.errors import GeocnnError
 from geocnn.models.weights import load_local_weights
+
+
+def check_backbone(name: str, key: str = "model.backbone") -> None:
+    """Refuse a name timm does not know, suggesting the closest names it does (``resnt18`` -> ``resnet18``)."""
+    arch = name.split(".")[0]
+    if timm.is_model(arch):
+        return
+    names = timm.list_models()
+    close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
+    close += [n for n in timm.list_models(f"*{arch.split('_')[0]}*") if n not in close][:5 - len(close)]
+    hint = f"Did you mean {', '.join(close)}?" if close else "No timm model has a similar name."
+    raise GeocnnError(f"{key}={name!r} is not a timm model. {hint} (`python -c \"import timm; "
+                      "print(timm.list_models('resnet*'))\"` lists names.)")
 
 
 def create_encoder(name: str, in_chans: int, weights: str = "random") -> nn.Module:
@@ -21,10 +35,7 @@ def create_encoder(name: str, in_chans: int, weights: str = "random") -> nn.Modu
         weights: 'random', 'timm' (timm's pretrained weights, needs a network or a filled HF cache), or a
             path to a local ``.safetensors`` / ``.pth`` state dict.
     """
-    if not timm.is_model(name.split(".")[0]):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise GeocnnError(f"model.backbone={name!r} is not a timm model. Similar: {close}. "
-                          "See timm.list_models() for all names.")
+    check_backbone(name)
     try:
         model = timm.create_model(name, pretrained=weights == "timm", num_classes=0, in_chans=in_chans)
     except Exception as exc:  # noqa: BLE001 - network or hub errors, reworded

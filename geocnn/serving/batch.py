@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from geocnn.domains import DOMAINS
+from geocnn.errors import GeocnnError
 from geocnn.inference.bundle import load_bundle
 from geocnn.outputs.tables import read_table, write_table
 from geocnn.serving.watch import BATCHES, Item, Ledger, Outcome, check_folder, discover, exclusive, new_batch_id
 from geocnn.tracking.model_uri import ModelRef, resolve
 
 
+class FilesFailed(GeocnnError):
+    """Some files of a watch-folder run failed or were given up (the others were predicted and recorded)."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        self.summary = summary
+        super().__init__(f"{summary.get('n_failed', 0)} file(s) failed, {len(summary.get('given_up', []))} given "
+                         f"up; {summary.get('n_done', 0)} predicted (outputs in {summary.get('output_dir')})")
+
+
+ANY_DOMAIN_PATTERNS = tuple(dict.fromkeys(p for d in DOMAINS.values() for p in d.watch_patterns))
+"""What any domain's model could predict: looked for before the model is resolved."""
+
+
 def default_patterns(ref: ModelRef) -> tuple[str, ...]:
     """File patterns a watch folder picks up for a model: its domain's."""
     return DOMAINS[load_bundle(ref.bundle_dir).preprocessing.domain].watch_patterns
+
+
+def sample_id(relative_path: str) -> str:
+    """A file's id in prediction tables: its path under the input folder without the suffix (``<class>/<stem>``
+    for class folders, as in training; the same in `geocnn predict --images` and the watch folder)."""
+    return Path(relative_path).with_suffix("").as_posix()
 
 
 def _stamp(frame: pd.DataFrame, model: ModelRef, batch: str) -> pd.DataFrame:
@@ -37,9 +59,10 @@ def predict_items(model: ModelRef, input_dir: Path, items: list[Item], output_di
     that fails does not stop the others. Writes the batch's table."""
     bundle = load_bundle(model.bundle_dir)
     domain = DOMAINS[bundle.preprocessing.domain]
-    frame, failures = domain.predict_files(bundle, [i.path for i in items], [i.absolute(input_dir) for i in items],
-                                           output_dir, batch_size, device, stride_px)
-    outcomes = [Outcome(i, i.path not in failures, failures.get(i.path, "")) for i in items]
+    ids = [sample_id(i.path) for i in items]
+    frame, failures = domain.predict_files(bundle, ids, [i.absolute(input_dir) for i in items], output_dir,
+                                           batch_size, device, stride_px)
+    outcomes = [Outcome(i, sid not in failures, failures.get(sid, "")) for i, sid in zip(items, ids)]
     written = write_batch(_stamp(frame, model, batch), output_dir, batch) if len(frame) else []
     return outcomes, written
 
@@ -73,7 +96,7 @@ class Steps:
 def predict_new(input_dir: str | Path, output_dir: str | Path, model: str, patterns: list[str] | None = None,
                 min_age_s: float = 2.0, max_attempts: int = 3, batch_size: int = 64, device: str = "auto",
                 stride_px: int | None = None, run_id: str | None = None, steps: Steps | None = None,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Predict the files that arrived in ``input_dir`` since they were last processed; record each in the ledger.
 
     One run at a time per output folder (a second returns ``skipped``). Outputs are written before the ledger
@@ -81,6 +104,7 @@ def predict_new(input_dir: str | Path, output_dir: str | Path, model: str, patte
     duplicates work. A failing file is recorded and retried by later runs, up to ``max_attempts``.
     """
     steps = steps or Steps()
+    warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
     src, out = Path(input_dir), Path(output_dir)
     check_folder(src)  # before the output folder or its ledger is created
     with exclusive(out) as mine:
@@ -91,14 +115,19 @@ def predict_new(input_dir: str | Path, output_dir: str | Path, model: str, patte
         try:
             for orphan in ledger.remove_orphans():
                 log(f"removed {orphan}: written by a run that stopped before recording it")
-            ref = steps.resolve(model)
-            items = steps.discover(src, patterns or default_patterns(ref), min_age_s)
+            # the folder first: a schedule with nothing new to do does not resolve (download) the model
+            items = steps.discover(src, patterns or ANY_DOMAIN_PATTERNS, min_age_s)
             todo, given_up = ledger.pending(items, max_attempts)
+            ref = steps.resolve(model) if todo else None
+            if ref is not None and not patterns:
+                wanted = default_patterns(ref)
+                todo = [i for i in todo if any(fnmatch(Path(i.path).name.lower(), w.lower()) for w in wanted)]
             summary: dict[str, Any] = {"skipped": False, "input_dir": str(src), "output_dir": str(out),
-                                       "model": ref.label, "n_new": len(todo), "n_done": 0, "n_failed": 0,
-                                       "failures": {}, "given_up": [i.path for i in given_up], "outputs": {},
-                                       "batch": None, "items": []}
+                                       "model": ref.label if ref else model, "n_new": len(todo), "n_done": 0,
+                                       "n_failed": 0, "failures": {}, "given_up": [i.path for i in given_up],
+                                       "outputs": {}, "batch": None, "items": []}
             if todo:
+                assert ref is not None
                 batch = new_batch_id()
                 outcomes, written = steps.predict(ref, src, todo, out, batch, batch_size=batch_size, device=device,
                                                   stride_px=stride_px)
@@ -113,7 +142,12 @@ def predict_new(input_dir: str | Path, output_dir: str | Path, model: str, patte
         finally:
             ledger.close()
     for path, error in summary["failures"].items():
-        log(f"{path} failed (retried next run): {error}")
-    log(f"{summary['n_done']} predicted, {summary['n_failed']} failed, {len(given_up)} given up; model {ref.label}; "
-        f"outputs in {out}")
+        warn(f"{path} failed (retried next run, up to schedule.max_attempts={max_attempts}): {error}")
+    for path in summary["given_up"]:
+        warn(f"{path} given up: it failed {max_attempts} times (schedule.max_attempts); fix or replace the file")
+    if not todo and not given_up:
+        log(f"nothing new in {src}")
+    else:
+        log(f"{summary['n_done']} predicted, {summary['n_failed']} failed, {len(given_up)} given up; model "
+            f"{summary['model']}; outputs in {out}")
     return summary

@@ -58,8 +58,16 @@ def plan(cfg: AnyExperiment, config_path: Path, overrides: list[str], retrain: s
     if retrain is None and predict is None:
         raise GeocnnError("nothing to serve: set schedule.retrain_cron and/or schedule.predict_cron in the config, "
                           "or pass --retrain-cron/--predict-cron (or --retrain-every/--predict-every SECONDS)")
+    for what, value in (("retrain", retrain), ("predict", predict)):
+        if value is not None:
+            schedule_of(value, cfg.schedule.timezone, what)  # a bad cron or interval fails before any server starts
     src, out, ref = watch_paths(cfg, input_dir, output_dir, model)
     if predict is not None:
+        if src.exists() and not src.is_dir():
+            raise GeocnnError(f"watch folder {src} is a file; give --input a folder (or set schedule.input_dir)")
+        if out.exists() and not out.is_dir():
+            raise GeocnnError(f"prediction output {out} is a file; give --output a folder (or set "
+                              "schedule.output_dir)")
         src.mkdir(parents=True, exist_ok=True)
     s = cfg.schedule
     return Plan(
@@ -72,14 +80,59 @@ def plan(cfg: AnyExperiment, config_path: Path, overrides: list[str], retrain: s
         retrain_schedule=retrain, predict_schedule=predict, timezone=s.timezone)
 
 
-def schedule_of(value: str | float, timezone: str) -> Any:
+def schedule_of(value: str | float, timezone: str, what: str = "schedule") -> Any:
     """A Prefect schedule: a cron string, or an interval in seconds."""
     if isinstance(value, (int, float)):
+        if not value > 0:
+            raise GeocnnError(f"--{what}-every {value}: the interval must be a positive number of seconds")
         return Interval(float(value), timezone=timezone)
     try:
         return Cron(value, timezone=timezone)
     except ValueError as exc:
-        raise GeocnnError(f"schedule {value!r}: not a valid cron expression ({exc}); e.g. '0 3 * * *' = 03:00 daily")
+        raise GeocnnError(f"{what} schedule {value!r} (--{what}-cron or schedule.{what}_cron): not a valid cron "
+                          f"expression ({exc}); e.g. '0 3 * * *' = 03:00 daily, '*/15 * * * *' = every 15 minutes"
+                          ) from None
+
+
+def describe_schedule(value: str | float, timezone: str) -> str:
+    """A schedule as people read it: 'every 1 min 30 s' for intervals, 'cron 0 3 * * 0 (UTC)' for crons."""
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+        parts = []
+        for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+            if seconds >= size:
+                parts.append(f"{int(seconds // size)} {unit}")
+                seconds %= size
+        if seconds or not parts:
+            parts.append(f"{seconds:g} s")
+        return "every " + " ".join(parts)
+    return f"cron '{value}' ({timezone})"
+
+
+DEFAULT_PORT = 4200
+"""Prefect's usual server port: `geocnn serve` takes it when it is free."""
+
+
+def pick_port(port: int | None) -> tuple[int, str | None]:
+    """The server's port: ``port`` (refused if taken), else 4200 when free, else a free one (and why)."""
+    if port is not None:
+        if not port_free(port):
+            raise GeocnnError(f"--port {port}: the port is in use on 127.0.0.1; choose another (or stop what uses it)")
+        return port, None
+    if port_free(DEFAULT_PORT):
+        return DEFAULT_PORT, None
+    other = free_port()
+    return other, f"port {DEFAULT_PORT} is in use; serving on {other} (choose with --port)"
+
+
+def port_free(port: int) -> bool:
+    """Whether ``port`` can be bound on the loopback interface."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
@@ -116,7 +169,9 @@ def prefect_api(home: Path | None = None, port: int | None = None, timeout_s: fl
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # the UI asks /ui-settings where the API is: the address served here, not Prefect's default port
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": url, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)}
     log = open(home / "server.log", "ab")
     prefect = Path(sys.executable).with_name("prefect")
     proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,

@@ -1,4 +1,4 @@
-"""Model registry: every training registers a version; the champion alias moves only to a better model."""
+"""Model registry: versions registered by tracking.register; the champion alias moves only to a better model."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class Decision:
     reason: str
     metric: str
     direction: str
-    version: str
+    version: str | None = None
     candidate: float | None = None
     champion: float | None = None
     champion_version: str | None = None
@@ -96,16 +96,14 @@ def current_champion(client: MlflowClient, name: str, alias: str) -> object | No
         return None
 
 
-def promote(client: MlflowClient, tracking: TrackingConfig, default_metric: str, name: str, version: str,
-            run_id: str, metrics: dict[str, float], signature: str, rescore: Rescore | None = None) -> Decision:
-    """Move the alias to ``version`` if it beats the champion on the validation metric over the same split
-    definition (or, when the data changed, on the validation rows neither model trained on); tag the outcome."""
+def decide(client: MlflowClient, tracking: TrackingConfig, default_metric: str, name: str,
+           metrics: dict[str, float], signature: str, rescore: Rescore | None = None) -> Decision:
+    """Whether a new model should become the champion: it beats the current one on the validation metric over the
+    same split definition (or, when the data changed, on the validation rows neither model trained on)."""
     alias = tracking.alias
     metric = promotion_metric(tracking, default_metric)
     direction = promotion_direction(tracking, metric)
-    value = metrics.get(metric)
-    client.set_model_version_tag(name, version, SPLIT_TAG, signature)
-    decision = Decision(False, "", metric, direction, version, candidate=value)
+    decision = Decision(False, "", metric, direction, candidate=metrics.get(metric))
     champion = current_champion(client, name, alias)
     if tracking.promotion == "never":
         decision.reason = "tracking.promotion=never"
@@ -125,8 +123,8 @@ def promote(client: MlflowClient, tracking: TrackingConfig, default_metric: str,
             if comparison is None:
                 decision.champion = champ_value
                 decision.reason = ("the champion was trained and validated on a different split definition (other "
-                                   "data or split settings) and cannot be rescored on this one; it stays. Promote by "
-                                   f"hand with `geocnn alias {name} {version} {alias}` if intended")
+                                   "data or split settings) and cannot be rescored on this one; it stays. Register "
+                                   "and promote by hand with `geocnn alias` if intended")
             else:
                 decision.candidate, decision.champion = comparison.candidate, comparison.champion
                 decision.compared_on = comparison.how
@@ -135,10 +133,32 @@ def promote(client: MlflowClient, tracking: TrackingConfig, default_metric: str,
             verb = "beats" if decision.promoted else "does not beat"
             decision.reason = (f"{metric} {decision.candidate:.6g} {verb} the {alias}'s {decision.champion:.6g} "
                                f"(version {champion.version}, {direction} is better) on {decision.compared_on}")
-    if decision.promoted:
-        client.set_registered_model_alias(name, alias, version)
+    return decision
+
+
+def should_register(tracking: TrackingConfig, decision: Decision) -> bool:
+    """tracking.register: always, if_promoted (only a version that becomes the champion), never."""
+    return tracking.register == "always" or (tracking.register == "if_promoted" and decision.promoted)
+
+
+def register(client: MlflowClient, model_uri: str, model_id: str, run_id: str, name: str, signature: str,
+             description: str) -> str:
+    """Register a logged model as a new version of ``name`` with a description; return the version."""
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, model_uri, run_id=run_id, tags={SPLIT_TAG: signature},
+                                          description=description, model_id=model_id)
+    return str(version.version)
+
+
+def record(client: MlflowClient, tracking: TrackingConfig, name: str, run_id: str, decision: Decision,
+           version: str | None) -> None:
+    """Apply a decision: move the alias to ``version`` when promoted; tag the run (and the version) with why."""
+    decision.version = version
+    if decision.promoted and version is not None:
+        client.set_registered_model_alias(name, tracking.alias, version)
     tags = {k: str(v) for k, v in asdict(decision).items() if v is not None}
     for key, val in tags.items():
-        client.set_model_version_tag(name, version, TAG + key, val)
         client.set_tag(run_id, TAG + key, val)
-    return decision
+        if version is not None:
+            client.set_model_version_tag(name, version, TAG + key, val)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,17 @@ import mlflow
 import numpy as np
 import yaml
 from mlflow import MlflowClient
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.entities import InputTag
+from mlflow.utils.git_utils import get_git_commit, get_git_repo_url
 
 from geocnn.config import AnyExperiment, flatten
 
 DEFAULT_DB = Path("data/mlflow/mlflow.db")
 DEFAULT_ARTIFACTS = Path("data/mlflow/artifacts")
+PROJECT = Path(__file__).resolve().parents[2]
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""Opens the experiment on its training runs in MLflow 3's UI (not the GenAI overview)."""
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -38,11 +46,24 @@ def artifact_root() -> str:
 
 
 def ui_command(uri: str | None = None) -> str:
-    """The shell command that opens the MLflow UI on these runs."""
+    """The shell command that opens the MLflow UI on these runs, runnable from the current folder."""
     uri = uri or tracking_uri()
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
-    return f".venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    try:
+        shown = str(mlflow_bin.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(mlflow_bin)
+    return f"{shown} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def run_url(experiment_id: str | None, run_id: str, ui: str | None = None) -> str | None:
+    """The run's page in the MLflow UI: on the tracking server, or on ``ui`` (e.g. a local `mlflow ui`)."""
+    base = ui or tracking_uri()
+    if not base.startswith(("http://", "https://")) or experiment_id is None:
+        return None
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def server_command(host: str = "127.0.0.1", port: int = 5000, db: Path | None = None,
@@ -66,12 +87,32 @@ def setup(cfg: AnyExperiment) -> str:
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is None:
         local = not uri.startswith(("http://", "https://", "databricks"))
-        return client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root() if local else None)
+        return client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root() if local else None,
+                                        tags=EXPERIMENT_KIND)
+    if "mlflow.experimentKind" not in exp.tags:
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 
+def provenance() -> dict[str, str]:
+    """Who ran what from where: MLflow's user, source and git tags (git only inside a checkout)."""
+    argv0 = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    command = "geocnn" if argv0 in ("geocnn", "cli.py", "__main__.py") else argv0
+    tags = {"mlflow.user": getpass.getuser(), "mlflow.source.type": "LOCAL",
+            "mlflow.source.name": " ".join([command, *sys.argv[1:]])[:5000]}
+    commit = get_git_commit(str(PROJECT))
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        repo = get_git_repo_url(str(PROJECT))
+        if repo:
+            tags["mlflow.source.git.repoURL"] = repo
+    return tags
+
+
 def start_run(cfg: AnyExperiment, resume_run_id: str | None = None, resumed_at_epoch: int | None = None,
-              run_name: str | None = None, params: dict[str, Any] | None = None, parent: str | None = None) -> str:
+              run_name: str | None = None, params: dict[str, Any] | None = None, parent: str | None = None,
+              task: str | None = None) -> str:
     """Create (or reopen, when resuming) a run of this experiment; log the resolved config (or ``params``).
 
     Args:
@@ -81,6 +122,7 @@ def start_run(cfg: AnyExperiment, resume_run_id: str | None = None, resumed_at_e
         run_name: the run's name (default the experiment name).
         params: parameters to log instead of the flattened config (e.g. a stage's own settings).
         parent: the parent run (``mlflow.parentRunId``) of a child run, e.g. stage 1 of two-stage transfer.
+        task: what the run predicts (``geocnn.task``; default ``model.task``).
     """
     experiment_id = setup(cfg)
     client = MlflowClient(mlflow.get_tracking_uri())
@@ -91,16 +133,17 @@ def start_run(cfg: AnyExperiment, resume_run_id: str | None = None, resumed_at_e
             run = None
         if run is not None and run.info.lifecycle_stage == "active":
             client.update_run(resume_run_id, status="RUNNING")
-            count = int(run.data.tags.get("geocnn.resume_count", "0")) + 1
-            for key, value in {"geocnn.resumed": "true", "geocnn.resume_count": str(count),
-                               "geocnn.resumed_at_epoch": str(resumed_at_epoch or 0)}.items():
-                client.set_tag(resume_run_id, key, value)
+            if resumed_at_epoch is not None:  # training continues a checkpoint (not a run that failed before one)
+                count = int(run.data.tags.get("geocnn.resume_count", "0")) + 1
+                for key, value in {"geocnn.resumed": "true", "geocnn.resume_count": str(count),
+                                   "geocnn.resumed_at_epoch": str(resumed_at_epoch)}.items():
+                    client.set_tag(resume_run_id, key, value)
             return run.info.run_id
-    tags = {"geocnn.task": cfg.model.task, "geocnn.domain": cfg.domain}
+    tags = {**provenance(), "geocnn.task": task or cfg.model.task, "geocnn.domain": cfg.domain}
     if parent:
         tags["mlflow.parentRunId"] = parent
     run = client.create_run(experiment_id, run_name=run_name or cfg.name, tags=tags)
-    flat = params if params is not None else flatten(cfg)
+    flat = params if params is not None else {**flatten(cfg), "output_dir": str(cfg.out.resolve())}
     items = [(k, str(v)[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         mlflow.log_params(dict(items[i:i + 100]), run_id=run.info.run_id)
@@ -112,8 +155,25 @@ def start_run(cfg: AnyExperiment, resume_run_id: str | None = None, resumed_at_e
     return run.info.run_id
 
 
+def log_dataset(run_id: str, samples: Any, name: str, source: str, digest: str, targets: str | None = None) -> None:
+    """The training data as an MLflow dataset input (name, content digest, source, schema, rows): the UI's
+    Dataset column."""
+    with warnings.catch_warnings():  # MLflow's hints on source kinds and integer columns: not actionable here
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = from_pandas(samples, source=source, name=name, digest=digest[:36],
+                              targets=targets)
+        entity = dataset._to_mlflow_entity()  # the schema is inferred here
+    entity_input = mlflow.entities.DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])
+    client().log_inputs(run_id, datasets=[entity_input])
+
+
+def describe(run_id: str, text: str) -> None:
+    """The run's description (the UI's Description box, ``mlflow.note.content``)."""
+    client().set_tag(run_id, "mlflow.note.content", text)
+
+
 def end_run(run_id: str, status: str = "FINISHED") -> None:
-    """Mark a run FINISHED or FAILED."""
+    """Mark a run FINISHED, FAILED or KILLED (MLflow's status of an interrupted run)."""
     MlflowClient(mlflow.get_tracking_uri()).set_terminated(run_id, status=status)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,12 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from geocnn.config import AnyExperiment, AugmentConfig, ModelConfig, TrainConfig
 from geocnn.data.datamodule import ChipDataModule, resolve_workers
 from geocnn.data.splits import SplitView
-from geocnn.errors import GeocnnError
+from geocnn.errors import GeocnnError, Interrupted
 from geocnn.inference.predict import pick_device
 from geocnn.models.backbones import apply_transfer
 from geocnn.models.network import GeoNet, NetSpec
 from geocnn.training.module import GeoTask
+from geocnn.training.progress import EpochLines, bars_show
 from geocnn.training.resume import checkpoint_epoch, content_key, resume_checkpoint, write_state
 
 
@@ -98,17 +100,20 @@ def fit(view: SplitView, fs: FitSpec, callbacks: list[L.Callback] | None = None,
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)  # batches are made channels-last in the training step
     weights_per_class = net.task.class_weights(fs.model.class_weights, y[view.rows("train")], spec.target_info)
+    monitor, mode = fs.train.monitor_metric, fs.train.monitor_direction
     task = GeoTask(net, fs.model, fs.train.optimizer, fs.augment, fs.train.epochs, dm.steps_per_epoch(),
-                   weights_per_class, seed=fs.seed)
+                   weights_per_class, seed=fs.seed, monitor=monitor)
     if fs.train.compile:
         task.compile_forward()
-    monitor, mode = fs.train.monitor_metric, fs.train.monitor_direction
     ckpt_dir = fs.out / "checkpoints"
     # Saved at the end of the training epoch, after the epoch's metrics reached MLflow (Lightning runs
     # checkpoint callbacks last), so a resumed run never misses an epoch in its metric history.
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
                            save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
     cbs: list[L.Callback] = [best, *(callbacks or [])]
+    bars = progress and bars_show()
+    if progress and not bars:  # a log file or a pipe: one line per epoch instead of bars
+        cbs.append(EpochLines(monitor))
     if fs.train.early_stopping_patience:
         cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=fs.train.early_stopping_patience))
     key = fs.key(view)
@@ -122,14 +127,22 @@ def fit(view: SplitView, fs: FitSpec, callbacks: list[L.Callback] | None = None,
     trainer = L.Trainer(
         max_epochs=fs.train.epochs, accelerator=device.type, devices=1,
         precision="bf16-mixed" if device.type == "cuda" else "32-true", gradient_clip_val=fs.train.grad_clip,
-        callbacks=cbs, logger=False, enable_model_summary=False, enable_progress_bar=progress,
+        callbacks=cbs, logger=False, enable_model_summary=False, enable_progress_bar=bars,
         num_sanity_val_steps=0, default_root_dir=str(fs.out), deterministic=False,
         limit_train_batches=fs.train.limit_train_batches, log_every_n_steps=1)
     write_state(fs.out, complete=False, fit_key=key)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
-        trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
+        # Lightning's own use of a torch pytree API torch deprecated: not ours to fix, nothing for a user to do
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        try:
+            trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
+        except SystemExit:  # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1)
+            if not trainer.interrupted:
+                raise
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores further Ctrl-C
+            raise Interrupted(trainer.current_epoch) from None
     best_path = Path(best.best_model_path or ckpt_dir / "last.ckpt")
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})

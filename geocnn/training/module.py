@@ -17,7 +17,8 @@ class GeoTask(L.LightningModule):
     """Trains ``net``: augments normalised batches on the device, optimises the task loss, logs val metrics."""
 
     def __init__(self, net: GeoNet, model: ModelConfig, optim: OptimConfig, augment: AugmentConfig, epochs: int,
-                 steps_per_epoch: int, class_weights: torch.Tensor | None = None, seed: int = 0) -> None:
+                 steps_per_epoch: int, class_weights: torch.Tensor | None = None, seed: int = 0,
+                 monitor: str | None = None) -> None:
         super().__init__()
         self.net = net
         self.model_cfg = model
@@ -29,6 +30,7 @@ class GeoTask(L.LightningModule):
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.empty(0),
                              persistent=False)
         self.seed = seed
+        self.monitor = monitor
         self._gen: torch.Generator | None = None  # on the batches' device, made at the first step
         self._gen_state: torch.Tensor | None = None  # from a checkpoint being resumed
         self._forward = net.forward_normalised  # torch.compile'd by compile_forward(); weights stay shared
@@ -74,13 +76,13 @@ class GeoTask(L.LightningModule):
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = self.loss(self._forward(x), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0], prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         out = forward_views(self.net, x, views=1, output="raw")  # the forward loop prediction uses, one view
-        self.log("val/loss", self.loss(out, y), on_step=False, on_epoch=True, batch_size=x.shape[0])
+        self.log("val/loss", self.loss(out, y), on_step=False, on_epoch=True, batch_size=x.shape[0], prog_bar=True)
         self._val_out.append(self.net.to_prediction(out).detach())
         self._val_y.append(y.detach())
 
@@ -90,7 +92,7 @@ class GeoTask(L.LightningModule):
         pred, y = torch.cat(self._val_out), torch.cat(self._val_y)
         self._val_out, self._val_y = [], []
         for name, value in self.net.task.val_metrics(pred, y, self.net.spec.target_info).items():
-            self.log(name, value)
+            self.log(name, value, prog_bar=name == self.monitor)  # the progress bar shows the monitored metric
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's union type
         cfg = self.optim_cfg

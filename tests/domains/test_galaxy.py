@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from geocnn.config import load_config
 from geocnn.data.splits import split_store
-from geocnn.domains import ingest, run_experiment
+from geocnn.domains import domain_for, ingest, run_experiment
 from geocnn.domains.base import epoch_logger, fail_run, open_run
 from geocnn.errors import GeocnnError
 from geocnn.inference.bundle import check_chips, load_bundle
@@ -86,9 +86,9 @@ def test_classifier_beats_majority_baseline_and_is_tracked(tmp_path: Path, galax
 
     # The registered pyfunc model predicts chips the same way as the bundle.
     store = ingest(cfg, progress=False)
-    chips = np.asarray(store.chips[:5])
+    held = np.flatnonzero(pq["split"].to_numpy() != "train")[:5]  # held-out rows carry the bundle's views
     pyfunc = mlflow.pyfunc.load_model("models:/test_galaxies@champion")
-    np.testing.assert_allclose(pyfunc.predict(chips), probs[:5], atol=1e-5)
+    np.testing.assert_allclose(pyfunc.predict(np.asarray(store.chips[held])), probs[held], atol=1e-5)
 
 
 @pytest.mark.slow
@@ -131,12 +131,16 @@ def test_bundle_roundtrip_gives_identical_outputs(tmp_path: Path, galaxies: Path
     assert pre["classes"] == sorted(["elliptical", "spiral", "barred", "ring", "edge_on"])
     assert len(pre["mean"]) == 3 and pre["mean"] == meta["net"]["mean"] and meta["geocnn_version"]
     store = ingest(cfg, progress=False)
-    chips = np.asarray(store.chips[:8])
     table = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
-    got = Forward(bundle.net, bundle.tta_views, "cpu")(chips)
-    np.testing.assert_allclose(got, table.filter(like="prob_").to_numpy()[:8], atol=1e-6)
+    held = np.flatnonzero(table["split"].to_numpy() != "train")[:8]  # one chip per galaxy: rows = chips
+    got = Forward(bundle.net, bundle.tta_views, "cpu")(np.asarray(store.chips[held]))
+    np.testing.assert_allclose(got, table.filter(like="prob_").to_numpy()[held], atol=1e-6)
+    # the training rows (never scored) get one view unless augment.tta_train
+    train = np.flatnonzero(table["split"].to_numpy() == "train")[:8]
+    one_view = Forward(bundle.net, 1, "cpu")(np.asarray(store.chips[train]))
+    np.testing.assert_allclose(one_view, table.filter(like="prob_").to_numpy()[train], atol=1e-6)
     with pytest.raises(GeocnnError, match="expects"):
-        check_chips(bundle.preprocessing, chips[:, :2].shape)  # wrong band count
+        check_chips(bundle.preprocessing, np.asarray(store.chips[:8])[:, :2].shape)  # wrong band count
 
 
 class Interrupt(L.Callback):
@@ -154,7 +158,7 @@ def test_interrupted_training_resumes_from_last_checkpoint_in_same_mlflow_run(tm
                                                                               galaxies: Path) -> None:
     cfg = load_config(overrides=small_config(tmp_path, galaxies, "train.epochs=3"))
     view = split_store(ingest(cfg, progress=False), cfg.split, "morphology")
-    run_id = open_run(cfg)
+    run_id = open_run(cfg, domain_for(cfg))
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(view, FitSpec.of(cfg), callbacks=[Interrupt(2)], progress=False)
     fail_run(run_id)
@@ -163,7 +167,7 @@ def test_interrupted_training_resumes_from_last_checkpoint_in_same_mlflow_run(tm
     client = MlflowClient(mlflow.get_tracking_uri())
     assert client.get_run(run_id).info.status == "FAILED"
 
-    resumed_id = open_run(cfg)
+    resumed_id = open_run(cfg, domain_for(cfg))
     assert resumed_id == run_id
     result = fit(view, FitSpec.of(cfg), epoch_logger(resumed_id), progress=False)
     assert result.resumed and result.epochs_run == 3

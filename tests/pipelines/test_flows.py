@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 from pathlib import Path
 
@@ -106,8 +108,18 @@ def test_predict_flow_reports_what_it_processed(tmp_path: Path) -> None:
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     drop(inbox, ["x.png", "y.png"])
     (inbox / "z.png").write_bytes(b"junk")
-    summary = predict_flow(str(inbox), str(out), str(model), min_age_s=0)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from geocnn.serving.batch import FilesFailed
+
+    with pytest.raises(FilesFailed, match="1 file\\(s\\) failed, 0 given up; 2 predicted") as failed:
+        predict_flow(str(inbox), str(out), str(model), min_age_s=0)
+    summary = failed.value.summary
     assert (summary["n_done"], summary["n_failed"]) == (2, 1)
+    with get_client(sync_client=True) as client:  # the flow run says so: Failed, not a green Completed
+        [run] = client.read_flow_runs(limit=1, sort=FlowRunSort.START_TIME_DESC)
+        assert run.state.is_failed() and "1 file(s) failed" in run.state.message
     report = read_artifacts("watch-folder-report")[0]
     assert "predicted: 2" in report["data"] and "`z.png`" in report["data"] and str(out) in report["data"]
     table = read_artifacts("watch-folder-items")[0]
@@ -120,9 +132,10 @@ def test_serve_refuses_a_bad_cron(tmp_path: Path, bad: str) -> None:
     from pipelines.deployments import deployments
 
     cfg = load_config(overrides=["name=x", f"schedule.input_dir={tmp_path / 'in'}"])
-    p = plan(cfg, tmp_path / "x.yaml", [], None, bad)
+    with pytest.raises(GeocnnError, match="not a valid cron"):  # the plan is checked before any server starts
+        plan(cfg, tmp_path / "x.yaml", [], None, bad)
     with pytest.raises(GeocnnError, match="not a valid cron"):
-        deployments(p, "x")
+        deployments(dataclasses.replace(plan(cfg, tmp_path / "x.yaml", [], None, 60.0), predict_schedule=bad), "x")
 
 
 def test_serve_needs_a_schedule(tmp_path: Path) -> None:
@@ -148,7 +161,8 @@ def test_retrain_flow_registers_each_run_and_keeps_the_champion_on_a_tie(tmp_pat
                  "store_root": str(tmp_path / "stores")},
         "split": {"method": "stratified", "val_fraction": 0.3, "test_fraction": 0.2},
         "model": {"backbone": "test_resnet", "task": "classification"},
-        "train": {"epochs": 1, "batch_size": 16, "num_threads": 2}, "augment": {"tta_views": 1}}))
+        "train": {"epochs": 1, "batch_size": 16, "num_threads": 2}, "augment": {"tta_views": 1},
+        "tracking": {"register": "always"}}))  # every retraining a version, promoted or not
     first = retrain_flow(str(config))
     second = retrain_flow(str(config))  # same data, same seed: the same validation score, so no promotion
     assert (first["registered_version"], first["promoted"]) == ("1", "true")

@@ -1,4 +1,5 @@
-"""Registry: every training registers a version; the champion alias moves only to a model better on validation."""
+"""Registry: tracking.register decides which trainings become versions; the champion alias moves only to a model
+better on validation."""
 
 from __future__ import annotations
 
@@ -58,17 +59,30 @@ def test_better_model_is_promoted_worse_is_not(tmp_path: Path, galaxies: Path) -
     run_tags = client.get_run(client.get_model_version(NAME, "2").run_id).data.tags
     assert run_tags["geocnn.promotion.promoted"] == "True"
 
+    # tracking.register=if_promoted (the default): a worse model stays a run with a logged model, no version
     worse = train(tmp_path, galaxies, "worse", "train.epochs=1", "train.optimizer.lr=1e-5", "seed=1")
-    assert worse["registered_version"] == "3" and worse["promoted"] == "false"
+    assert "registered_version" not in worse and worse["promoted"] == "false"
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"  # the champion stays
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 2
+    run_tags = client.get_run(worse["run_id"]).data.tags
+    assert run_tags["geocnn.promotion.promoted"] == "False" and "does not beat" in run_tags["geocnn.promotion.reason"]
+    # tracking.register=always: every training is a version; the worse one is registered but not promoted
+    kept = train(tmp_path, galaxies, "kept", "train.epochs=1", "train.optimizer.lr=1e-5", "seed=1",
+                 "tracking.register=always")
+    assert kept["registered_version"] == "3" and kept["promoted"] == "false"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     tags = version_tags(client, "3")
     assert tags["geocnn.promotion.promoted"] == "False"
     assert "does not beat" in tags["geocnn.promotion.reason"]
+    assert client.get_model_version(NAME, "3").description.startswith("test_resnet (classification) trained on")
+    # tracking.register=never: no registry at all
+    never = train(tmp_path, galaxies, "never", "train.epochs=1", "tracking.register=never")
+    assert "registered_version" not in never and "promotion" not in never
 
     # The data grew: the split definition differs, so both models are scored on this run's validation rows that
     # the champion never trained on, and the decision follows those scores.
     more = make_galaxies(tmp_path / "more", 260, 64, seed=5)
-    grown = train(tmp_path, more, "grown", "train.epochs=10", "train.optimizer.lr=3e-3")
+    grown = train(tmp_path, more, "grown", "train.epochs=10", "train.optimizer.lr=3e-3", "tracking.register=always")
     tags = version_tags(client, grown["registered_version"])
     assert "never trained on" in tags["geocnn.promotion.compared_on"], tags
     n_common = int(tags["geocnn.promotion.compared_on"].split()[0])

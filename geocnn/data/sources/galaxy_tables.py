@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 
 from geocnn.config import GalaxyData
 from geocnn.data.catalog import (
@@ -18,6 +19,8 @@ from geocnn.data.catalog import (
     LAT,
     LON,
     RESERVED,
+    SPLIT,
+    SPLIT_NAMES,
     Catalog,
     _blank,
     encode_classes,
@@ -39,6 +42,25 @@ FOLDER_LABEL = "label"
 # --------------------------------------------------------------------------------------------------------------
 # Dispatcher
 # --------------------------------------------------------------------------------------------------------------
+
+
+def read_class_names(value: list[str] | dict[str, str] | str) -> list[str] | dict[str, str]:
+    """data.class_names as given, or read from its YAML/JSON/CSV file (CSV: code and name columns)."""
+    if not isinstance(value, str):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise GeocnnError(f"data.class_names: {path} is not a file; give a list, a {{code: name}} mapping, or a "
+                          "YAML/JSON/CSV file holding one")
+    if path.suffix.lower() == ".csv":
+        frame = pd.read_csv(path, dtype=str)
+        if frame.shape[1] < 2:
+            raise GeocnnError(f"{path}: data.class_names CSV needs two columns, code and name")
+        return dict(zip(frame.iloc[:, 0].str.strip(), frame.iloc[:, 1].str.strip()))
+    loaded = yaml.safe_load(path.read_text())
+    if not isinstance(loaded, (list, dict)):
+        raise GeocnnError(f"{path}: data.class_names file must hold a list or a {{code: name}} mapping")
+    return loaded
 
 
 def read_galaxy_catalog(data: GalaxyData) -> Catalog:
@@ -179,50 +201,70 @@ def read_csv_catalog(catalog: Path, images: Path | None = None, id_column: str =
 
 
 def read_folders(root: Path) -> Catalog:
-    """Read an image-folder dataset: one subfolder per class, images (jpg/jpeg/png/fits) inside.
+    """Read an image-folder dataset: one subfolder per class, images (jpg/jpeg/png/fits) inside; or the same under
+    train/, validation/ (val/, valid/, dev/) and test/ folders, the data set's own split (column ``split``).
 
     Args:
-        root: folder holding the class subfolders (hidden folders are ignored; images may be nested).
+        root: folder holding the class subfolders, or the split folders (hidden folders are ignored; images may
+            be nested).
 
     Returns:
         A Catalog with int64 codes in column ``label``, ``classes`` = the sorted folder names (numbers sorted
-        numerically) and ids ``<class>/<file stem>``.
+        numerically) and ids ``<class>/<file stem>``; with split folders also ``split`` (train/val/test).
 
     Raises:
         GeocnnError: if the folder is missing, has no class subfolders, a class folder has no images,
-            there are fewer than 2 classes, or two files would get the same id.
+            there are fewer than 2 classes, two files would get the same id, or split folders are mixed with
+            other folders (an ambiguous layout).
     """
     root = Path(root)
     if not root.is_dir():
         raise GeocnnError(f"{root}: image folder (data.images) does not exist or is not a folder. Point data.images "
                           "at a folder with one subfolder per class.")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
+    top = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not top:
         raise GeocnnError(f"{root}: no class subfolders found. data.format 'folders' expects one subfolder per class "
                           "(e.g. spiral/, elliptical/) with the images inside.")
+    named = [d for d in top if d.name.lower() in SPLIT_NAMES]
+    if named and len(named) != len(top):
+        others = [d.name for d in top if d not in named]
+        raise GeocnnError(f"{root}: ambiguous layout: split folders {[d.name for d in named]} beside other folders "
+                          f"{others}. Either one folder per class, or only train/ validation/ test/ folders each "
+                          "holding the class folders; move or rename the others.")
+    parts = [(SPLIT_NAMES[d.name.lower()], d) for d in named] if named else [(None, root)]
     ids: list[str] = []
     files: list[str] = []
     labels: list[str] = []
+    splits: list[str] = []
     seen: dict[str, Path] = {}
-    for class_dir in class_dirs:
-        found = walk_images(class_dir)
-        if not found:
-            raise GeocnnError(f"{class_dir}: class folder contains no images ({', '.join(IMAGE_SUFFIXES)}, any case). "
-                              "Add images or remove the folder.")
-        for path in found:
-            rel = path.relative_to(class_dir).with_suffix("").as_posix()
-            sample_id = f"{class_dir.name}/{rel}"
-            if sample_id in seen:
-                raise GeocnnError(f"{path} and {seen[sample_id]} would both get id {sample_id!r}; ids must be "
-                                  "unique. Rename or remove one of them.")
-            seen[sample_id] = path
-            ids.append(sample_id)
-            files.append(os.path.abspath(path))
-            labels.append(class_dir.name)
-    if len(class_dirs) < 2:
-        raise GeocnnError(f"{root}: only one class subfolder ({class_dirs[0].name}/); classification needs at least "
-                          "2 classes. Add a subfolder per class.")
+    for part, folder in parts:
+        class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if part is not None and not class_dirs:
+            raise GeocnnError(f"{folder}: a split folder without class folders; put its images in one subfolder per "
+                              "class (e.g. train/spiral/, train/elliptical/)")
+        for class_dir in class_dirs:
+            found = walk_images(class_dir)
+            if not found:
+                raise GeocnnError(f"{class_dir}: class folder contains no images ({', '.join(IMAGE_SUFFIXES)}, any "
+                                  "case). Add images or remove the folder.")
+            for path in found:
+                rel = path.relative_to(class_dir).with_suffix("").as_posix()
+                sample_id = f"{class_dir.name}/{rel}"
+                if sample_id in seen:
+                    raise GeocnnError(f"{path} and {seen[sample_id]} would both get id {sample_id!r}; ids must be "
+                                      "unique. Rename or remove one of them.")
+                seen[sample_id] = path
+                ids.append(sample_id)
+                files.append(os.path.abspath(path))
+                labels.append(class_dir.name)
+                splits.append(part or "")
+    names = sorted(set(labels))
+    if len(names) < 2:
+        raise GeocnnError(f"{root}: only one class subfolder ({names[0]}/); classification needs at least 2 "
+                          "classes. Add a subfolder per class.")
     frame = pd.DataFrame({ID: pd.Series(ids, dtype=str), IMAGE: pd.Series(files, dtype=str), FOLDER_LABEL: labels})
+    if named:
+        frame[SPLIT] = splits
     frame[FOLDER_LABEL], classes = encode_classes(frame[FOLDER_LABEL].astype(str), str(root), FOLDER_LABEL)
     return Catalog(frame=frame, targets=[FOLDER_LABEL], source=str(root), classes=classes)
 

@@ -380,3 +380,65 @@ def test_folders_errors(tmp_path: Path) -> None:
 def test_synthetic_is_not_read_here() -> None:
     with pytest.raises(GeocnnError, match="synthetic"):
         read_galaxy_catalog(DataConfig(format="synthetic"), "classification")
+
+
+def test_split_folders_are_the_data_sets_own_split_not_classes(tmp_path: Path) -> None:
+    """train/ validation/ test/ folders of class folders: read as classes with a predefined split column."""
+    for part, n in (("train", 3), ("validation", 2), ("test", 2)):
+        for cls in ("cat", "dog"):
+            for i in range(n):
+                write_rgb(tmp_path / part / cls / f"{part}{i}.png", size=8, seed=i)
+    cat = read_folders(tmp_path)
+    assert cat.classes == ["cat", "dog"]  # not ['test', 'train', 'validation']
+    assert cat.frame["split"].value_counts().to_dict() == {"train": 6, "val": 4, "test": 4}
+    assert set(cat.frame["id"]) >= {"cat/train0", "dog/validation1", "cat/test1"}
+    assert (cat.frame.loc[cat.frame["id"] == "dog/test0", "label"] == 1).all()
+
+
+def test_ambiguous_folder_layouts_are_refused(tmp_path: Path) -> None:
+    write_rgb(tmp_path / "a" / "train" / "cat" / "x.png", size=8)
+    write_rgb(tmp_path / "a" / "dog" / "y.png", size=8)
+    with pytest.raises(GeocnnError, match=r"ambiguous layout: split folders \['train'\] beside other folders \['dog'\]"):
+        read_folders(tmp_path / "a")
+    write_rgb(tmp_path / "b" / "train" / "x.png", size=8)
+    write_rgb(tmp_path / "b" / "test" / "y.png", size=8)
+    with pytest.raises(GeocnnError, match="split folder without class folders"):
+        read_folders(tmp_path / "b")
+
+
+def test_predefined_split_keeps_the_data_sets_split_and_names_bad_rows() -> None:
+    from geocnn.config import SplitConfig
+    from geocnn.data.splits import assign_splits
+
+    index = pd.DataFrame({"id": list("abcdef"), "split": ["train", "Training", "valid", "dev", "test", "TEST"]})
+    got = assign_splits(index, SplitConfig(method="predefined"))
+    assert got.tolist() == ["train", "train", "val", "val", "test", "test"]
+    other = index.rename(columns={"split": "fold_name"})
+    assert assign_splits(other, SplitConfig(method="predefined", split_column="fold_name")).tolist() == got.tolist()
+    with pytest.raises(GeocnnError, match="column 'split'.*split.split_column"):
+        assign_splits(other, SplitConfig(method="predefined"))
+    bad = index.assign(split=["train", "train", "val", "holdout", "test", "test"])
+    with pytest.raises(GeocnnError, match=r"row 5, column 'split': 'holdout' is not a split name"):
+        assign_splits(bad, SplitConfig(method="predefined"))
+    with pytest.raises(GeocnnError, match="no val rows"):
+        assign_splits(index.assign(split="train"), SplitConfig(method="predefined"))
+
+
+def test_class_names_for_integer_labels(tmp_path: Path) -> None:
+    from geocnn.data.catalog import name_classes
+    from geocnn.data.sources.galaxy_tables import read_class_names
+
+    files = _three_images(tmp_path)
+    path = _csv_catalog(tmp_path, [{"id": str(i), "file": f, "y": [0, 1, 2][i]} for i, f in enumerate(files)])
+    cat = read_galaxy_catalog(DataConfig(format="csv", catalog=str(path), targets=["y"]), "classification")
+    assert cat.classes == ["0", "1", "2"]
+    assert name_classes(cat, ["smooth", "featured", "artifact"]).classes == ["smooth", "featured", "artifact"]
+    mapping = tmp_path / "names.csv"
+    mapping.write_text("code,name\n2,artifact\n0,smooth\n1,featured\n")
+    assert name_classes(cat, read_class_names(str(mapping))).classes == ["smooth", "featured", "artifact"]
+    (tmp_path / "names.yaml").write_text("0: smooth\n1: featured\n2: artifact\n")
+    assert name_classes(cat, read_class_names(str(tmp_path / "names.yaml"))).classes[2] == "artifact"
+    with pytest.raises(GeocnnError, match=r"no name for class label\(s\) \['2'\]"):
+        name_classes(cat, ["smooth", "featured"])
+    with pytest.raises(GeocnnError, match="same name"):
+        name_classes(cat, ["a", "a", "b"])
