@@ -14,6 +14,7 @@ from typer.core import TyperArgument, TyperOption
 
 from geocnn.errors import GeocnnError, Interrupted
 
+
 def _conventional_help() -> None:
     """Help in the usual Unix style: `serve [OPTIONS] CONFIG`, `--port INTEGER`, flags without a type. Typer 0.2x
     prints `{config}`, `<int>` and `<bool>` and has no setting for it; these three display hooks restore it."""
@@ -473,10 +474,11 @@ def serve(
         typer.echo(note)
     from prefect import serve as prefect_serve
 
-    from pipelines.console import hide_run_errors_on_console
+    from pipelines.console import hide_run_errors_on_console, quiet_runner
 
     if not STATE["debug"]:
         hide_run_errors_on_console()
+        quiet_runner()
     # flow runs are subprocesses: give them absolute MLflow locations
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.tracking.tracking_uri)
     os.environ["GEOCNN_MLFLOW_ARTIFACTS"] = artifact_root().removeprefix("file://")
@@ -520,9 +522,8 @@ def watch(
 
         summary = predict_new(*args)
     else:
-        from pipelines.predict import predict_flow
-
         from geocnn.serving.batch import FilesFailed
+        from pipelines.predict import predict_flow
 
         try:
             with prefect_console():

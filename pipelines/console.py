@@ -8,11 +8,14 @@ RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 
 class HideRunErrors(logging.Filter):
-    """Drops flow and task runs' ERROR records (exception tracebacks) from the console; they still reach the
-    Prefect API (the UI's logs), and `--debug` keeps them."""
+    """Drops flow and task runs' ERROR records (exception tracebacks) and their "Finished in state Failed(<the
+    error>)" lines from the console; they still reach the Prefect API (the UI's logs), and `--debug` keeps them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and record.name.startswith(RUN_LOGGERS))
+        if not record.name.startswith(RUN_LOGGERS):
+            return True
+        failed_state = "Finished in state Failed" in str(record.msg) or "Finished in state Crashed" in str(record.msg)
+        return record.levelno < logging.ERROR and not failed_state  # the same error, told once by geocnn
 
 
 def hide_run_errors_on_console() -> None:
@@ -21,3 +24,8 @@ def hide_run_errors_on_console() -> None:
         if type(handler).__name__ == "PrefectConsoleHandler" and not any(
                 isinstance(f, HideRunErrors) for f in handler.filters):
             handler.addFilter(HideRunErrors())
+
+
+def quiet_runner() -> None:
+    """`geocnn serve`: the runner's notes on runs it leaves for later (INFO, every poll) stay out of the console."""
+    logging.getLogger("prefect.runner.state_proposer").setLevel(logging.WARNING)

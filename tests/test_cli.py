@@ -97,7 +97,15 @@ def test_demo_quick_runs_both_flows_and_beats_the_baselines(tmp_path: Path) -> N
     proc = run_cli("demo", "all", "--quick", "--set", f"output_dir={tmp_path}/{{name}}",
                    "--set", f"data.store_root={tmp_path / 'stores'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Held-out metrics" in proc.stdout and "baseline" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "Held-out metrics" in proc.stdout and "baseline" in proc.stdout
+    assert "mlflow ui --backend-store-uri" in proc.stdout and "run page" not in proc.stdout  # SQLite: no server
+    assert "registered   models:/galaxy_demo/" in proc.stdout and "checkpoints deleted" in proc.stdout
+    # a quiet console: no warnings from third parties or from geocnn, no download bars, no MLflow housekeeping
+    noise = [line for line in proc.stderr.splitlines()
+             if "Warning" in line or "warn(" in line or "Downloading" in line or "database tables" in line
+             or "Traceback" in line]
+    assert not noise, noise
+    assert "epoch 4/4  train/loss" in proc.stderr  # not a terminal: one line per epoch instead of bars
     galaxy = json.loads((tmp_path / "galaxy_demo" / "metrics.json").read_text())
     assert galaxy["test/accuracy"] > galaxy["baseline/accuracy"] + 0.2, galaxy
     assert (tmp_path / "synthetic").is_dir()  # generated beside the stores, not in the project
@@ -220,3 +228,49 @@ def test_montage_shows_confident_errors_then_every_class() -> None:
     picked = montage_order(truth, proba, 8, seed=0)
     assert picked[:2].tolist() == [3, 25]
     assert sorted(set(truth[picked[2:]].tolist())) == [0, 1, 2] and len(set(picked.tolist())) == 8
+
+
+def test_the_ui_hint_works_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from geocnn.tracking.runs import ui_command
+
+    assert (Path.cwd() / ui_command("sqlite:///x.db").split()[0]).exists()
+    monkeypatch.chdir(tmp_path)  # outside the project: the command still points at this environment's mlflow
+    assert (tmp_path / ui_command("sqlite:///x.db").split()[0]).exists()
+
+
+def test_prefect_results_live_in_the_projects_data_folder(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_RESULTS_LOCAL_STORAGE_PATH"}
+    env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)
+    code = ("import os, pipelines; print(os.environ['PREFECT_RESULTS_LOCAL_STORAGE_PATH']); "
+            "print(os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS'])")
+    project = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(project)},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(tmp_path / "data" / "prefect" / "results"), "180"]
+
+
+@pytest.mark.slow
+def test_an_error_inside_a_flow_is_one_line_and_a_server_that_does_not_start_says_what_to_do(tmp_path: Path) -> None:
+    from tests.conftest import write_rgb
+
+    write_rgb(tmp_path / "img" / "a.png", size=16)
+    rows = [{"id": f"s{i}", "file": "a.png" if i else "gone.png", "y": float(i)} for i in range(30)]
+    pd.DataFrame(rows).to_csv(tmp_path / "img" / "cat.csv", index=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: flowerr\noutput_dir: {tmp_path / 'run'}\ndata:\n  format: csv\n  catalog: "
+                   f"{tmp_path / 'img' / 'cat.csv'}\n  targets: [y]\n  crop: 16\n  chip_size: 16\n  store_root: "
+                   f"{tmp_path / 'stores'}\nmodel:\n  task: regression\n  backbone: test_resnet\n")
+    res = run_cli("run", str(cfg))  # through the Prefect flow: the ingest task fails on the missing image
+    assert res.returncode == 2, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "gone.png" in errors[0], res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    debug = run_cli("--debug", "run", str(cfg))
+    assert debug.returncode != 0 and "Traceback" in debug.stderr  # the details stay one flag away
+
+    env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"}
+    env.pop("PREFECT_API_URL", None)
+    slow = subprocess.run([sys.executable, "-m", "geocnn.cli", "run", str(cfg)], capture_output=True, text=True,
+                          env=env)
+    assert slow.returncode == 2 and "Traceback" not in slow.stderr, slow.stderr[-3000:]
+    assert "temporary API server did not start in time" in slow.stderr and "--no-prefect" in slow.stderr

@@ -217,6 +217,8 @@ def test_ctrl_c_mid_epoch_stops_in_seconds_with_one_line_and_the_run_killed_then
     assert took < 15, f"Ctrl-C took {took:.1f} s to stop"
     assert proc.returncode == 130, (stdout, stderr)
     assert "Traceback" not in stderr and "Traceback" not in stdout, stderr[-3000:]
+    if command == "train":  # not a terminal: one line per epoch (Prefect's log prefixes them under `run`)
+        assert any(line.startswith("epoch 1/3  train/loss ") and line.endswith(" s") for line in stderr.splitlines())
     lines = [line for line in stderr.splitlines() if "interrupted" in line]
     assert lines == ["interrupted at epoch 1; rerun the same command to resume"], stderr[-3000:]
     assert checkpoint_epoch(last) == 0

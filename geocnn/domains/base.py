@@ -487,7 +487,9 @@ def track(run_id: str, trained: Trained, evaluation: Evaluation, paths: dict[str
     if trained.stage1_run_id:
         tracking.set_tags(run_id, {"geocnn.stage1_run_id": trained.stage1_run_id})
         tracking.end_run(trained.stage1_run_id)
-    tracking.log_dataset(run_id, store.samples(), f"{cfg.name}-data", str(store.meta["source"]), store.meta["key"],
+    source = str(store.meta["source"])
+    source = str(Path(source).resolve()) if Path(source).exists() else source
+    tracking.log_dataset(run_id, store.samples(), f"{cfg.name}-data", source, store.meta["key"],
                          targets=store.targets[0] if len(store.targets) == 1 else None)
     headline = headline_metric(evaluation.metrics)
     description = run_description(cfg, domain, trained, store, evaluation.metrics, headline)
@@ -531,7 +533,10 @@ def run_description(cfg: AnyExperiment, domain: Domain, trained: Trained, store:
         n = int(metrics.get("test/n", 0))
         text += f" Held-out ({how}, {n} samples): {headline} {metrics[f'test/{headline}']:.4f}"
         base = metrics.get(f"baseline/{headline}")
-        text += f" vs baseline {base:.4f}." if base is not None else "."
+        text += f" vs baseline {base:.4f}" if base is not None else ""
+        others = [f"{k.split('/')[0]} {v:.4f}" for k, v in sorted(metrics.items())
+                  if k.startswith("baseline_") and k.endswith(f"/{headline}") and k.count("/") == 1]
+        text += f" (other baselines: {', '.join(others)})." if others else "."
     return text
 
 

@@ -185,7 +185,8 @@ def accumulate(read: Reader, grid: Grid, predict: Predictor, chip: int, stride: 
         # Strips are read one ahead in a thread (GDAL decodes without the GIL) while the model predicts.
         with ThreadPoolExecutor(max_workers=1) as pool:
             ahead = pool.submit(read_strip, row_origins[0])
-            for i, row in enumerate(tqdm(row_origins, desc="map strips", unit="strip", disable=None if progress else True)):
+            strips = tqdm(row_origins, desc="map strips", unit="strip", disable=None if progress else True)
+            for i, row in enumerate(strips):
                 strip = ahead.result()
                 if i + 1 < len(row_origins):
                     ahead = pool.submit(read_strip, row_origins[i + 1])

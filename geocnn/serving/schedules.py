@@ -68,6 +68,9 @@ def plan(cfg: AnyExperiment, config_path: Path, overrides: list[str], retrain: s
         if out.exists() and not out.is_dir():
             raise GeocnnError(f"prediction output {out} is a file; give --output a folder (or set "
                               "schedule.output_dir)")
+        if "://" not in ref and not ref.startswith(("models:/", "runs:/")) and not Path(ref).exists():
+            raise GeocnnError(f"--model {ref}: no such bundle folder; give a bundle (data/runs/NAME/bundle) or a "
+                              "registered model (models:/NAME@champion)")
         src.mkdir(parents=True, exist_ok=True)
     s = cfg.schedule
     return Plan(

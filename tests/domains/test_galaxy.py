@@ -281,3 +281,28 @@ def test_decision_tree_head_learns_kaggle_vote_fractions(tmp_path: Path, galaxie
     q2 = pred[["pred_Class2.1", "pred_Class2.2"]].sum(1)
     np.testing.assert_allclose(q1, 1, atol=1e-4)
     np.testing.assert_allclose(q2, pred["pred_Class1.2"], atol=1e-4)  # child sums to its parent answer
+
+
+def test_a_data_sets_own_split_folders_are_kept(tmp_path: Path, galaxies: Path) -> None:
+    """train/ validation/ test/ folders of class folders with split.method=predefined: trained and scored on
+    exactly those partitions, the classes being the inner folders."""
+    import shutil
+
+    cat = pd.read_csv(galaxies, dtype={"id": str})
+    parts = np.random.default_rng(0).choice(["train", "validation", "test"], len(cat), p=[0.6, 0.2, 0.2])
+    want = {}
+    for (_, row), part in zip(cat.iterrows(), parts):
+        dest = tmp_path / "set" / part / row["morphology"] / Path(row["file"]).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(galaxies.parent / row["file"], dest)
+        want[f"{row['morphology']}/{Path(row['file']).stem}"] = {"validation": "val"}.get(part, part)
+    cfg = load_config(overrides=[
+        "name=own_split", f"output_dir={tmp_path / 'run'}", f"data.store_root={tmp_path / 'stores'}",
+        "data.format=folders", f"data.images={tmp_path / 'set'}", "data.crop=48", "data.chip_size=32",
+        "split.method=predefined", "model.backbone=test_resnet", "model.task=classification", "train.epochs=1",
+        "augment.tta_views=none", "tracking.enabled=false"])
+    summary = run_experiment(cfg, progress=False)
+    table = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
+    assert dict(zip(table["id"], table["split"])) == want
+    assert summary["metrics"]["test/n"] == sum(v == "test" for v in want.values())
+    assert set(table["label"]) == set(cat["morphology"])  # classes are the inner folders, not train/validation

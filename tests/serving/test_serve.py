@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +57,41 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def printed(log: Path, prefix: str) -> str | None:
+    """The value after ``prefix`` on the first log line holding it."""
+    for line in log.read_text(errors="replace").splitlines():
+        if prefix in line:
+            return line.split(prefix, 1)[1].split()[0]
+    return None
+
+
+def check_ui(ui: str, api: str, tmp_path: Path) -> None:
+    """The printed addresses work: the UI's settings point at the API served here, the API answers and lists the
+    served runs (the one with a broken file Failed, saying why), and a browser renders them on the runs page."""
+    with urllib.request.urlopen(f"{ui}/ui-settings", timeout=10) as r:
+        assert json.load(r)["api_url"] == api
+    body = {"flow_runs": {"state": {"type": {"any_": ["FAILED", "COMPLETED"]}}}, "limit": 50}
+    request = urllib.request.Request(f"{api}/flow_runs/filter", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        runs = json.load(r)
+    failed = [r for r in runs if r["state_type"] == "FAILED"]
+    assert failed and "1 file(s) failed" in failed[0]["state"]["message"], [r["state_name"] for r in runs]
+    assert any(r["state_type"] == "COMPLETED" for r in runs)  # the first drop, all files fine
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is needed for the UI check (.ci/run installs it)")
+        pytest.skip("no chromium here for the UI screenshot")
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+               "--window-size=1400,900"]
+    dom = subprocess.run([*browser, "--dump-dom", f"{ui}/runs"], capture_output=True, text=True, timeout=120).stdout
+    assert "Can't connect to Server API" not in dom and "predict-new-data" in dom and "served-predict" in dom
+    shot = tmp_path / "prefect_runs.png"
+    subprocess.run([*browser, f"--screenshot={shot}", f"{ui}/runs"], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000  # a rendered page, not an empty one
+
+
 @pytest.mark.slow
 def test_served_prediction_deployment_processes_each_drop_exactly_once(tmp_path: Path) -> None:
     model = galaxy_bundle(tmp_path / "bundle")
@@ -66,11 +103,17 @@ def test_served_prediction_deployment_processes_each_drop_exactly_once(tmp_path:
            "PREFECT_API_URL": "", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL")
     log = tmp_path / "serve.log"
+    port = free_port()
     with open(log, "wb") as fh:
         proc = subprocess.Popen([*GEOCNN, "serve", str(config), "--no-retrain", "--predict-every", "5",
-                                 "--input", str(inbox), "--output", str(out), "--model", str(model)],
+                                 "--input", str(inbox), "--output", str(out), "--model", str(model),
+                                 "--port", str(port)],
                                 env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        ui = wait_for(lambda: printed(log, "Prefect UI:"), 120, "the UI address", proc, log)
+        api = printed(log, "export PREFECT_API_URL=").split(";")[0]
+        assert ui == f"http://127.0.0.1:{port}" and api == f"{ui}/api"
+        assert "every 5 s" in log.read_text()  # an interval reads as a duration
         first = wait_for(lambda: (lambda i: i if {"a1.png", "a2.png"} <= set(i) else None)(ledger_items(out)),
                          240, "the first scheduled run to predict a1, a2", proc, log)
         # dropped after that run: the next scheduled run must pick them up (and only them)
@@ -80,6 +123,7 @@ def test_served_prediction_deployment_processes_each_drop_exactly_once(tmp_path:
             ledger_items(out)), 180, "a later run to predict the second drop", proc, log)
         time.sleep(8)  # at least one more scheduled run passes over the same files
         items = ledger_items(out)
+        check_ui(ui, api, tmp_path)
     finally:
         stop(proc)
     assert proc.returncode is not None
@@ -97,7 +141,8 @@ def test_served_prediction_deployment_processes_each_drop_exactly_once(tmp_path:
 
 
 @pytest.mark.slow
-def test_training_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow import MlflowClient
 
     from geocnn.config import load_config
@@ -136,6 +181,16 @@ def test_training_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pyte
         assert run.info.status == "FINISHED"
         assert run.data.metrics["test/accuracy"] == pytest.approx(summary["metrics"]["test/accuracy"])
         assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
+        # the summary's run page is on the server's UI
+        from geocnn.cli import print_summary
+        from geocnn.tracking.runs import run_url
+
+        page = run_url(summary["experiment_id"], run.info.run_id)
+        assert page == f"{url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        with urllib.request.urlopen(page.split("#")[0], timeout=10) as r:
+            assert r.status == 200
+        print_summary(summary)
+        assert f"run page     {page}" in capsys.readouterr().out
         version = client.get_model_version_by_alias("served_mlflow", "champion")
         assert version.run_id == run.info.run_id
         # the artifacts went through the server into its artifact root, not to a local folder of the client

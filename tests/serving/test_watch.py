@@ -160,3 +160,26 @@ def test_new_scenes_are_mapped_and_a_corrupt_one_fails_alone(tmp_path: Path) -> 
     assert np.isfinite(va).mean() > 0.5
     assert table.loc[0, "mean"] == pytest.approx(float(np.nanmean(va.astype(np.float64))), rel=1e-9)
     assert Path(table.loc[0, "map_png"]).stat().st_size > 1000
+
+
+def test_a_run_with_nothing_new_looks_at_the_folder_only(tmp_path: Path) -> None:
+    """A schedule every minute must not resolve (download) the model when there is nothing to predict."""
+    from geocnn.serving.batch import Steps
+    from geocnn.tracking.model_uri import resolve
+
+    model = galaxy_bundle(tmp_path / "bundle")
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    drop(inbox, ["a.png"])
+    calls: list[str] = []
+
+    def counting(ref: str):  # noqa: ANN202
+        calls.append(ref)
+        return resolve(ref)
+
+    steps = Steps(resolve=counting)
+    first = predict_new(inbox, out, str(model), min_age_s=0, steps=steps, log=lambda _: None)
+    assert first["n_done"] == 1 and len(calls) == 1
+    logged: list[str] = []
+    second = predict_new(inbox, out, str(model), min_age_s=0, steps=steps, log=logged.append)
+    assert second["n_new"] == 0 and len(calls) == 1  # not resolved again
+    assert logged == [f"nothing new in {inbox}"]

@@ -104,6 +104,8 @@ def test_champion_predicts_through_the_registry(tmp_path: Path, galaxies: Path) 
     res = CliRunner().invoke(app, ["predict", "--model", f"models:/{NAME}_cli@champion", "--images", str(images),
                                    "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert f"model models:/{NAME}_cli@champion (v1)" in res.output  # which version the alias resolved to
+    assert "Downloading" not in res.output
     table = pd.read_csv(out)
     assert len(table) == 200 and table.filter(like="prob_").sum(axis=1).round(4).eq(1).all()
 

@@ -398,7 +398,8 @@ def test_split_folders_are_the_data_sets_own_split_not_classes(tmp_path: Path) -
 def test_ambiguous_folder_layouts_are_refused(tmp_path: Path) -> None:
     write_rgb(tmp_path / "a" / "train" / "cat" / "x.png", size=8)
     write_rgb(tmp_path / "a" / "dog" / "y.png", size=8)
-    with pytest.raises(GeocnnError, match=r"ambiguous layout: split folders \['train'\] beside other folders \['dog'\]"):
+    with pytest.raises(GeocnnError, match=r"ambiguous layout: split folders \['train'\] beside other folders "
+                                          r"\['dog'\]"):
         read_folders(tmp_path / "a")
     write_rgb(tmp_path / "b" / "train" / "x.png", size=8)
     write_rgb(tmp_path / "b" / "test" / "y.png", size=8)
