@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -42,12 +44,25 @@ _conventional_help()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune timm CNNs on galaxy images and satellite scenes; track runs in MLflow; export "
                        "predictions and maps.")
-STATE: dict[str, bool] = {"debug": False}
+STATE: dict[str, Any] = {"debug": False, "exit_now": None}
 PROJECT = Path(__file__).resolve().parents[1]
 # Commands import the library inside their bodies: `geocnn --help` and `geocnn config` stay fast (no torch, MLflow
 # or Prefect at start-up). Nothing else in geocnn imports inside functions.
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: key.sub=value")]
+
+
+def _exit_without_teardown() -> None:
+    """After Ctrl-C: once every other exit handler has run (Prefect stops its server, MLflow flushes; this one is
+    registered first, so it runs last), leave without the interpreter's teardown of torch's libraries, which takes
+    seconds (tens on a busy machine) and would keep the prompt waiting."""
+    if STATE["exit_now"] is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(STATE["exit_now"])
+
+
+atexit.register(_exit_without_teardown)
 
 
 def show_version(value: bool) -> None:
@@ -88,6 +103,7 @@ def guarded(fn: Any) -> Any:
                 raise
             typer.secho(str(exc) if isinstance(exc, Interrupted) else "interrupted",
                         fg=typer.colors.YELLOW, err=True)
+            STATE["exit_now"] = 130
             raise typer.Exit(130) from None
         except (GeocnnError, FileNotFoundError, PermissionError) as exc:
             fail(exc)
@@ -99,6 +115,7 @@ def guarded(fn: Any) -> Any:
                 raise
             if isinstance(cause, KeyboardInterrupt):
                 typer.secho(str(cause), fg=typer.colors.YELLOW, err=True)
+                STATE["exit_now"] = 130
                 raise typer.Exit(130) from None
             fail(cause)
 

@@ -1,13 +1,3 @@
 """Prefect flows: compositions of geocnn's plain functions (no domain logic here)."""
 
-import os
-
-# Prefect's temporary local server sends a telemetry heartbeat that races its own SQLite database
-# ("database is locked" tracebacks); runs here are offline anyway. Set the variable to override.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# The temporary per-run API server (no PREFECT_API_URL) needs more than Prefect's default start-up wait on a busy
-# machine; Prefect's own setting, so a user's value wins.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-# Persisted task results (the ingest cache) live in the project's data folder beside the stores they point at, not
-# in ~/.prefect shared by every checkout.
-os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", os.path.abspath(os.path.join("data", "prefect", "results")))
+import geocnn.serving  # noqa: F401 - Prefect's settings defaults, set before Prefect is imported

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 # Each xdist worker gets its own Prefect home (its temporary API server's SQLite database) before Prefect is
-# imported (geocnn itself raises the temporary server's start-up timeout: pipelines/__init__.py).
+# imported (geocnn itself raises the temporary server's start-up timeout: geocnn/serving/__init__.py).
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"geocnn-prefect-{_WORKER}-")
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = os.path.join(os.environ["PREFECT_HOME"], "storage")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from geocnn.cli import app
 
 runner = CliRunner()
+GEOCNN = [sys.executable, "-m", "geocnn.cli"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -147,18 +149,20 @@ def test_a_backbone_typo_is_caught_before_any_work_with_real_suggestions(tmp_pat
 
 
 def test_serve_refuses_a_bad_cron_before_starting_any_server(tmp_path: Path) -> None:
-    import time
-
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"name: s\noutput_dir: {tmp_path / 'run'}\n")
-    started = time.monotonic()
-    res = run_cli("serve", str(cfg), "--retrain-cron", "61 * * * *", "--no-predict")
-    assert res.returncode == 2 and time.monotonic() - started < 30
+    home = tmp_path / "prefect"
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    res = subprocess.run([*GEOCNN, "serve", str(cfg), "--retrain-cron", "61 * * * *", "--no-predict"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 2
     assert "retrain schedule '61 * * * *'" in res.stderr and "not a valid cron expression" in res.stderr
-    assert not (Path("data/prefect/server.log").exists() and Path("data/prefect/server.log").stat().st_mtime
-                > time.time() - 30)  # no server was started
-    res = run_cli("serve", str(cfg), "--predict-every", "-5", "--no-retrain")
+    assert not (home / "server.log").exists()  # refused before a Prefect server was started
+    res = subprocess.run([*GEOCNN, "serve", str(cfg), "--predict-every", "-5", "--no-retrain"], capture_output=True,
+                         text=True, env=env)
     assert res.returncode == 2 and "must be a positive number of seconds" in res.stderr
+    assert not (home / "server.log").exists()
 
 
 def test_schedules_read_as_durations() -> None:
@@ -274,3 +278,51 @@ def test_an_error_inside_a_flow_is_one_line_and_a_server_that_does_not_start_say
                           env=env)
     assert slow.returncode == 2 and "Traceback" not in slow.stderr, slow.stderr[-3000:]
     assert "temporary API server did not start in time" in slow.stderr and "--no-prefect" in slow.stderr
+
+
+@pytest.mark.slow
+def test_on_a_terminal_the_progress_bars_show_the_loss_and_the_monitored_metric(tmp_path: Path) -> None:
+    """Under a pseudo-terminal, training shows Lightning's bar with train/loss, val/loss and the monitored metric
+    (not the one-line-per-epoch log of a pipe), and evaluation has a bar of its own."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    from geocnn.synthetic.galaxies import make_galaxies
+
+    catalog = make_galaxies(tmp_path / "syn", 80, 48, seed=2)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: bars\noutput_dir: {tmp_path / 'run'}\ndata:\n  format: csv\n  catalog: {catalog}\n"
+                   f"  targets: [morphology]\n  crop: 48\n  chip_size: 24\n  store_root: {tmp_path / 'stores'}\n"
+                   "split:\n  method: stratified\n  val_fraction: 0.25\n  test_fraction: 0.25\n"
+                   "model:\n  backbone: test_resnet\n  task: classification\n"
+                   "train:\n  epochs: 2\n  batch_size: 16\n  monitor: val/accuracy\naugment:\n  tta_views: 2\n"
+                   "tracking:\n  enabled: false\n")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))  # a terminal 200 columns wide
+    proc = subprocess.Popen([sys.executable, "-m", "geocnn.cli", "train", str(cfg)], stdin=slave, stdout=slave,
+                            stderr=slave, env={**os.environ, "COLUMNS": "200"}, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 300)
+        if not ready:
+            proc.kill()
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, text[-3000:]
+    for metric in ("train/loss", "val/loss", "val/accuracy"):  # rich bar "name: 0.123" (tqdm: "name=0.123")
+        assert re.search(re.escape(metric) + r"[:=] ?\d", text), (metric, text[-3000:])
+    assert "epoch 1/2  train/loss" not in text  # the log-file form is for pipes only
+    assert "evaluate held-out" in text  # evaluation's own bar

@@ -214,7 +214,8 @@ def test_ctrl_c_mid_epoch_stops_in_seconds_with_one_line_and_the_run_killed_then
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     took = time.monotonic() - sent
-    assert took < 15, f"Ctrl-C took {took:.1f} s to stop"
+    print(f"Ctrl-C to exit: {took:.1f} s")
+    assert took < 15, f"Ctrl-C took {took:.1f} s to stop"  # 0.2-1.4 s with 4 busy processes beside it
     assert proc.returncode == 130, (stdout, stderr)
     assert "Traceback" not in stderr and "Traceback" not in stdout, stderr[-3000:]
     if command == "train":  # not a terminal: one line per epoch (Prefect's log prefixes them under `run`)

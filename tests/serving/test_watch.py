@@ -183,3 +183,22 @@ def test_a_run_with_nothing_new_looks_at_the_folder_only(tmp_path: Path) -> None
     second = predict_new(inbox, out, str(model), min_age_s=0, steps=steps, log=logged.append)
     assert second["n_new"] == 0 and len(calls) == 1  # not resolved again
     assert logged == [f"nothing new in {inbox}"]
+
+
+@pytest.mark.slow
+def test_geocnn_watch_through_prefect_reports_a_failed_file_and_exits_1(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    model = galaxy_bundle(tmp_path / "bundle")
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    drop(inbox, ["a.png", "b.png"])
+    (inbox / "broken.png").write_bytes(b"not an image")
+    res = subprocess.run([sys.executable, "-m", "geocnn.cli", "watch", "--input", str(inbox), "--output", str(out),
+                          "--model", str(model), "--set", "schedule.min_age_s=0"], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "predictions.parquet" in res.stdout
+    warnings = [line for line in res.stderr.splitlines() if "WARNING" in line]
+    assert any("broken.png failed" in line for line in warnings), res.stderr[-3000:]
+    assert sorted(pd.read_parquet(out / "predictions.parquet")["id"]) == ["a", "b"]
