@@ -18,6 +18,7 @@ import pytest
 from geocnn.serving.schedules import free_port
 from geocnn.serving.watch import Ledger
 from tests.serving.test_watch import drop, galaxy_bundle
+from tests.test_interrupts import default_sigint
 
 GEOCNN = [sys.executable, "-m", "geocnn.cli"]
 
@@ -108,7 +109,8 @@ def test_served_prediction_deployment_processes_each_drop_exactly_once(tmp_path:
         proc = subprocess.Popen([*GEOCNN, "serve", str(config), "--no-retrain", "--predict-every", "5",
                                  "--input", str(inbox), "--output", str(out), "--model", str(model),
                                  "--port", str(port)],
-                                env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=default_sigint)
     try:
         ui = wait_for(lambda: printed(log, "Prefect UI:"), 120, "the UI address", proc, log)
         api = printed(log, "export PREFECT_API_URL=").split(";")[0]
@@ -156,7 +158,8 @@ def test_training_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pyte
     with open(log, "wb") as fh:
         server = subprocess.Popen([*GEOCNN, "tracking-server", "--port", str(port), "--db", str(tmp_path / "srv.db"),
                                    "--artifacts", str(tmp_path / "srv_artifacts")], stdout=fh,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=default_sigint)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -262,7 +265,8 @@ def test_prefect_yaml_deploys_to_a_work_pool_and_a_worker_runs_it(tmp_path: Path
             served = subprocess.Popen([*GEOCNN, "serve", str(config), "--no-retrain", "--predict-every", "4",
                                        "--input", str(inbox2), "--output", str(out2), "--model", str(model)],
                                       env={**env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}, stdout=fh,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+                                      stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=default_sigint)
         try:
             wait_for(lambda: "s1.png" in ledger_items(out2), 180, "serve against PREFECT_API_URL", served, log)
         finally:
