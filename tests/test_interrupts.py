@@ -186,10 +186,10 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_ends_like_an_uninte
 def test_ctrl_c_mid_epoch_stops_in_seconds_with_one_line_and_the_run_killed_then_resumes(tmp_path: Path,
                                                                                           command: str) -> None:
     """SIGINT (Ctrl-C) during epoch 2 of `geocnn train` (no Prefect) and `geocnn run` (a Prefect flow)."""
-    import mlflow
     from mlflow import MlflowClient
 
     from geocnn.synthetic.galaxies import make_galaxies
+    from geocnn.tracking.runs import tracking_uri
     from geocnn.training.resume import checkpoint_epoch, read_state
 
     catalog = make_galaxies(tmp_path / "syn", 300, 64, seed=3)
@@ -241,7 +241,7 @@ def test_ctrl_c_mid_epoch_stops_in_seconds_with_one_line_and_the_run_killed_then
     assert lines == ["interrupted at epoch 1; rerun the same command to resume"], stderr[-3000:]
     assert checkpoint_epoch(last) == 0
     state = read_state(out)
-    client = MlflowClient(mlflow.get_tracking_uri())
+    client = MlflowClient(tracking_uri())  # this test's store (another test may have set MLflow's global URI)
     assert client.get_run(state["run_id"]).info.status == "KILLED"  # MLflow's status of an interrupted run
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
