@@ -4,6 +4,7 @@ from geocnn.config.common import (
                                   AugmentConfig,
                                   ModelConfig,
                                   OptimConfig,
+                                  OrchestrationConfig,
                                   ScheduleConfig,
                                   SplitConfig,
                                   Strict,
@@ -34,6 +35,6 @@ from geocnn.config.load import (
 
 __all__ = ["AnyExperiment", "AugmentConfig", "DATA_ENV", "EARTH_FORMATS", "EarthConfig", "EarthData",
            "EarthExperiment", "ExperimentBase", "ExperimentConfig", "GALAXY_FORMATS", "GalaxyData",
-           "GalaxyExperiment", "MapsConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "SplitConfig", "Strict",
+           "GalaxyExperiment", "MapsConfig", "ModelConfig", "OptimConfig", "OrchestrationConfig", "ScheduleConfig", "SplitConfig", "Strict",
            "TrackingConfig", "TrainConfig", "TwoStageConfig", "apply_overrides", "derive", "domain_of", "expand_env",
            "expand_tree", "flatten", "load_config", "shared_data_default", "validate"]

@@ -162,6 +162,14 @@ class TrainConfig(Strict):
         "far cheaper than a step, and workers would take the model's cores), up to 4 on CUDA (reads overlap the GPU).")
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present, else CPU.")
+    devices: int | list[int] | Literal["auto"] = Field(
+        1, description="Devices per node for Lightning (an int, a list of GPU indices, or auto). More than one "
+        "trains data-parallel (DDP): on CPU that many gloo processes.")
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = Field(
+        "auto", description="Lightning strategy: auto (one device: none; several: ddp), ddp (one process per device; "
+        "the launcher of torchrun or SLURM when present, else Lightning starts the ranks), ddp_spawn, fsdp (sharded "
+        "weights; for encoders too large for one GPU).")
+    num_nodes: int = Field(1, gt=0, description="Machines taking part (torchrun --nnodes / SLURM --nodes).")
     resume: bool = Field(True, description="Resume from the last checkpoint in output_dir if one exists.")
     keep_checkpoints: bool = Field(False, description="Keep the training checkpoints (last and best epoch, with "
                                    "optimiser state) after a completed run; by default they are deleted then, since "
@@ -188,6 +196,26 @@ class TrainConfig(Strict):
 
 # pydantic warns that the field `register` shadows ABCMeta.register (virtual subclasses), which no config uses.
 warnings.filterwarnings("ignore", message='Field name "register" in "TrackingConfig" shadows', category=UserWarning)
+
+
+class OrchestrationConfig(Strict):
+    """Where independent units of work (scenes to map, folds, ingest shards, prediction shards) run."""
+
+    task_runner: Literal["sequential", "threads", "dask", "ray"] = Field(
+        "sequential", description="Prefect task runner for independent units: sequential (one after another, in "
+        "this process), threads, dask (prefect-dask: a local cluster, or an existing scheduler at 'address'), ray "
+        "(prefect-ray: local, or an existing cluster at 'address').")
+    address: str | None = Field(None, description="Address of an existing cluster: a Dask scheduler "
+                                "(tcp://host:8786) or a Ray cluster (ray://host:10001, or 'auto'). None: start a "
+                                "local one for the run.")
+    workers: int | None = Field(None, gt=0, description="Workers of a local cluster / threads (default: the "
+                                "machine's cores).")
+    threads_per_worker: int = Field(1, gt=0, description="Threads per local Dask worker process.")
+    retries: int = Field(2, ge=0, description="Retries of a unit whose worker died or whose I/O failed.")
+    ingest_shard_size: int = Field(2000, gt=0, description="Catalog rows per ingest shard (shards run as units "
+                                   "when the task runner is not sequential).")
+    predict_shard_size: int = Field(5000, gt=0, description="Catalog rows per batch-prediction shard (a part of "
+                                    "the partitioned Parquet output).")
 
 
 class TrackingConfig(Strict):

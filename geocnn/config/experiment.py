@@ -10,6 +10,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 from geocnn.config.common import (
     AugmentConfig,
     ModelConfig,
+    OrchestrationConfig,
     ScheduleConfig,
     SplitConfig,
     Strict,
@@ -36,6 +37,7 @@ class ExperimentBase(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @property
     def out(self) -> Path:
