@@ -176,9 +176,18 @@ def run_config(config: Path | None, overrides: list[str], no_prefect: bool) -> d
     check_backbone(cfg.model.backbone)  # before any flow, server or data: a typo answers at once
     from geocnn.domains import domain_for
     from geocnn.domains.base import run_experiment
+    from geocnn.training.ranks import is_global_zero
 
-    if no_prefect:
+    # Data-parallel ranks other than 0 (torchrun, srun, or Lightning re-running this command for its devices) run
+    # the plain library steps as workers: no Prefect flow run, no outputs, no MLflow run; they print nothing.
+    if not is_global_zero():
         return run_experiment(cfg, domain_for(cfg))
+    if no_prefect:
+        from geocnn import fanout
+        from pipelines.fanout import mapper_for
+
+        with mapper_for(cfg.orchestration) as mapper, fanout.using(mapper):  # folds, shards: the configured engine
+            return run_experiment(cfg, domain_for(cfg))
     from pipelines.experiment import experiment_flow
 
     with prefect_console():
@@ -210,7 +219,7 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML (see config
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run the steps without Prefect.")] = False,
         ) -> None:
     """Run the whole experiment as a Prefect flow: ingest, split, train, evaluate, export, track."""
-    print_summary(run_config(config, list(set_ or []), no_prefect))
+    print_rank_zero(run_config(config, list(set_ or []), no_prefect))
 
 
 @app.command()
@@ -218,7 +227,15 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML (see config
 def train(config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")],
           set_: SetOption = None) -> None:
     """Train and evaluate without Prefect (library path); same outputs as `geocnn run`."""
-    print_summary(run_config(config, list(set_ or []), no_prefect=True))
+    print_rank_zero(run_config(config, list(set_ or []), no_prefect=True))
+
+
+def print_rank_zero(summary: dict[str, Any]) -> None:
+    """The run's summary, printed by global rank 0 only (other data-parallel ranks finish silently, exit 0)."""
+    from geocnn.training.ranks import is_global_zero
+
+    if is_global_zero():
+        print_summary(summary)
 
 
 @app.command()
@@ -253,29 +270,43 @@ DEMOS = {
 @guarded
 def predict(
     model: Annotated[str, typer.Option("--model", "-m", help="Bundle folder, or models:/NAME@ALIAS, models:/NAME/V.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output table (.csv or .parquet).")],
-    images: Annotated[Optional[Path], typer.Option(help="Folder of images or tiles (searched recursively).")] = None,
-    catalog: Annotated[Optional[Path], typer.Option(help="CSV/Parquet: an id and a file column, or (Earth models on "
-                                                         "scenes) survey points with lat/lon columns.")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output table (.csv or .parquet; a path or an s3://, "
+                                                        "gs:// URI).")],
+    images: Annotated[Optional[str], typer.Option(help="Folder of images or tiles (searched recursively; a path or "
+                                                      "an s3://, gs:// folder URI).")] = None,
+    catalog: Annotated[Optional[str], typer.Option(help="CSV/Parquet (a path or a URI): an id and a file column, or "
+                                                        "(Earth models on scenes) survey points with lat/lon "
+                                                        "columns.")] = None,
     id_column: Annotated[Optional[str], typer.Option(help="Id column of --catalog (default: id, or row numbers "
                                                           "for points).")] = None,
     file_column: Annotated[str, typer.Option(help="Image/tile path column of --catalog.")] = "file",
     lat_column: Annotated[str, typer.Option(help="Latitude column of --catalog points.")] = "lat",
     lon_column: Annotated[str, typer.Option(help="Longitude column of --catalog points.")] = "lon",
-    scene: Annotated[Optional[list[str]], typer.Option("--scene", help="Scenes to cut point chips from (default: "
-                                                                       "the model's).")] = None,
+    scene: Annotated[Optional[list[str]], typer.Option("--scene", help="Scenes to cut point chips from: files, "
+                                                       "globs, folders or VRTs, one mosaic (default: the "
+                                                       "model's).")] = None,
     tta: Annotated[Optional[str], typer.Option(help="Test-time views: none, flip2, rot4, dihedral8, rotN or a count "
                                                     "(default: the bundle's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Prediction batch size.")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     allow_outside_root: Annotated[bool, typer.Option(help="Let --catalog paths leave the catalog's folder.")] = False,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", help="Predict in shards of this many rows, "
+                                                      "one task each; --out is then a folder: a partitioned Parquet "
+                                                      "dataset (part-00000.parquet, ...).")] = None,
+    task_runner: Annotated[str, typer.Option("--task-runner", help="Where shards run: sequential, threads, dask "
+                                             "or ray.")] = "sequential",
+    address: Annotated[Optional[str], typer.Option(help="An existing Dask scheduler or Ray cluster for "
+                                                   "--task-runner.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Workers of a local cluster (default: the cores).")] = None,
 ) -> None:
-    """Predict images, tiles or survey points with a bundle or a registered MLflow model; write a table."""
+    """Predict images, tiles or survey points with a bundle or a registered MLflow model; write a table (or, with
+    --shard-size, a partitioned Parquet dataset written shard by shard)."""
     from geocnn.config.common import parse_views
     from geocnn.data.catalog import Catalog
     from geocnn.data.sources.galaxy_tables import read_csv_catalog
-    from geocnn.data.sources.images import walk_images
+    from geocnn.data.sources.images import location, relative_name, walk_images
     from geocnn.data.sources.survey import read_survey
+    from geocnn.data.sources.uris import is_dir, is_uri
     from geocnn.domains.base import predict_catalog
     from geocnn.inference.bundle import load_bundle
     from geocnn.outputs.tables import write_table
@@ -284,7 +315,7 @@ def predict(
 
     if (images is None) == (catalog is None):
         raise GeocnnError("give exactly one of --images DIR or --catalog FILE")
-    if images is not None and not images.is_dir():
+    if images is not None and not (is_dir(images) if is_uri(images) else location(images).is_dir()):
         raise GeocnnError(f"--images {images}: not a folder")
     ref = resolve(model)
     typer.echo(f"model {ref.label}", err=True)
@@ -301,22 +332,30 @@ def predict(
         if not from_files:
             raise GeocnnError(f"--model {model}: this Earth model cuts chips from scenes around points; give "
                               "--catalog POINTS.csv (lat/lon columns), or map a scene with `geocnn map`")
-        found = walk_images(images)
+        found = walk_images(location(images))
         if not found:
             raise GeocnnError(f"--images {images}: no .jpg/.png/.fits/.tif/.npy images found")
-        ids: dict[str, Path] = {}
+        ids: dict[str, Path | str] = {}
         for path in found:
-            key = sample_id(path.relative_to(images).as_posix())
+            key = sample_id(relative_name(path, location(images)))
             if key in ids:
                 raise GeocnnError(f"{path} and {ids[key]} would both get id {key!r}; rename or remove one")
             ids[key] = path
         truth = class_folders(ids, bundle.preprocessing.classes)
         cat = Catalog(pd_frame({"id": list(ids), "image": [str(p) for p in ids.values()]}), [], str(images))
+    if scene:  # globs, folders, VRTs (STAC: resolve into files with `geocnn map`'s options, or list them)
+        from geocnn.data.sources.scenes import resolve_scenes
+
+        scene = resolve_scenes(scene, key="--scene")
     failures: dict[str, str] = {}
     try:
         views = None if tta is None else parse_views(tta)
     except ValueError as exc:
         raise GeocnnError(f"--tta: {exc}") from None
+    if shard_size is not None:
+        predict_sharded(ref.bundle_dir, cat, out, shard_size, truth, bundle.preprocessing.targets[0], batch_size,
+                        device, views, scene, task_runner, address, workers)
+        return
     frame = predict_catalog(bundle, cat, batch_size, device, views, scene, progress=True, failures=failures)
     if truth:  # class folders: the true class beside the prediction, so `geocnn score` can score it
         frame.insert(1, bundle.preprocessing.targets[0], frame["id"].map(truth))
@@ -326,13 +365,45 @@ def predict(
                           f"first, {key}: {error}")
     for key, error in failures.items():
         typer.secho(f"skipped {key}: {error}", fg=typer.colors.YELLOW, err=True)
-    write_table(frame, out)
+    from geocnn.outputs.remote import output_file
+
+    with output_file(out) as local:
+        write_table(frame, local)
     what = "files" if images is not None else "catalog rows"
     typer.echo(f"wrote {len(frame)} predictions to {out}" + (f"; {len(failures)} unreadable {what} skipped (listed "
                                                            "above)" if failures else ""))
 
 
-def class_folders(ids: dict[str, Path], classes: list[str]) -> dict[str, str]:
+def predict_sharded(bundle_dir: Path, cat: Any, out: str, shard_size: int, truth: dict[str, str], target: str,
+                    batch_size: int, device: str, views: int | None, scenes: list[str] | None, task_runner: str,
+                    address: str | None, workers: int | None) -> None:
+    """`geocnn predict --shard-size`: shards as units on the task runner -> a partitioned Parquet dataset."""
+    from geocnn import fanout
+    from geocnn.config import OrchestrationConfig
+    from geocnn.outputs.remote import output_dir
+    from geocnn.serving.shards import predict_dataset
+
+    if task_runner not in ("sequential", "threads", "dask", "ray"):
+        raise GeocnnError(f"--task-runner {task_runner}: choose sequential, threads, dask or ray")
+    if truth:
+        cat.frame[target] = cat.frame["id"].map(truth)
+    orch = OrchestrationConfig(task_runner=task_runner, address=address, workers=workers)
+    with contextlib.ExitStack() as stack:
+        mapper: Any = fanout.SEQUENTIAL
+        if orch.task_runner != "sequential":
+            from pipelines.fanout import mapper_for
+
+            mapper = stack.enter_context(mapper_for(orch))
+        with output_dir(out) as local:
+            done = predict_dataset(bundle_dir, cat, local, shard_size, mapper, batch_size, device, views, scenes,
+                                   keep=(target,) if truth else ())
+    for key, error in done["failures"].items():
+        typer.secho(f"skipped {key}: {error}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"wrote {done['rows']} predictions in {len(done['parts'])} parts to {out}"
+               + (f"; {len(done['failures'])} unreadable rows skipped (listed above)" if done["failures"] else ""))
+
+
+def class_folders(ids: dict[str, Path | str], classes: list[str]) -> dict[str, str]:
     """id -> true class when every file sits in a folder named after one of the model's classes, else {}."""
     if not classes:
         return {}
@@ -377,18 +448,33 @@ def export(
 @guarded
 def map_(
     model: Annotated[str, typer.Option("--model", help="Earth bundle folder or models:/NAME@ALIAS.")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder for prediction.tif and prediction.png.")],
-    scene: Annotated[Optional[list[str]], typer.Option("--scene", help="Scene GeoTIFF(s) (default: the "
-                                                                       "training scenes).")] = None,
+    out: Annotated[str, typer.Option("--out", help="Output folder for prediction.tif and prediction.png (a path or "
+                                                   "an s3://, gs:// URI: uploaded, then _SUCCESS).")],
+    scene: Annotated[Optional[list[str]], typer.Option("--scene", help="Scenes: GeoTIFFs, globs, folders, VRTs, "
+                                                       "STAC JSON or a STAC API URL (default: the training "
+                                                       "scenes).")] = None,
     stride: Annotated[Optional[int], typer.Option(help="Window stride in native pixels (default: half a chip).")] \
     = None,
     grid: Annotated[Optional[str], typer.Option(help="Write on the grid of this raster (CRS, transform, shape).")]
     = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    task_runner: Annotated[str, typer.Option("--task-runner", help="Where the scenes are mapped: sequential, "
+                                             "threads, dask or ray (one task per scene).")] = "sequential",
+    address: Annotated[Optional[str], typer.Option(help="An existing Dask scheduler (tcp://host:8786) or Ray "
+                                                   "cluster (ray://host:10001) for --task-runner.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Workers of a local cluster (default: the cores).")] = None,
+    stac_asset: Annotated[Optional[str], typer.Option("--stac-asset", help="Asset key of STAC items given as "
+                                                      "--scene (e.g. visual, B04).")] = None,
+    stac_bbox: Annotated[Optional[str], typer.Option("--stac-bbox", help="STAC: keep items intersecting "
+                                                     "'min_lon,min_lat,max_lon,max_lat'.")] = None,
+    stac_datetime: Annotated[Optional[str], typer.Option("--stac-datetime", help="STAC: keep items of this date "
+                                                         "or interval (2015-01-01/2015-12-31).")] = None,
 ) -> None:
-    """Wall-to-wall prediction map of a scene with a saved Earth model (sliding windows, overlaps averaged)."""
+    """Wall-to-wall prediction map of scenes with a saved Earth model (sliding windows, overlaps averaged); several
+    scenes are mapped one task each, then mosaicked (VRT + merged COG) with a per-scene table."""
+    from geocnn import fanout
     from geocnn.domains import DOMAINS
-    from geocnn.domains.earth_maps import map_scene, scenes_of
+    from geocnn.domains.earth_maps import map_scenes, scenes_of
     from geocnn.inference.bundle import load_bundle
     from geocnn.tracking.model_uri import resolve_model
 
@@ -396,9 +482,31 @@ def map_(
     if not DOMAINS[bundle.preprocessing.domain].maps:
         raise GeocnnError(f"{model}: a {bundle.preprocessing.domain} model does not map scenes; maps need a bundle "
                           "from an Earth experiment (data.format survey or synthetic_earth)")
-    paths = map_scene(bundle, scenes_of(bundle, scene, model), out, stride, grid, device=device)
+    from geocnn.config import OrchestrationConfig
+
+    if task_runner not in ("sequential", "threads", "dask", "ray"):
+        raise GeocnnError(f"--task-runner {task_runner}: choose sequential, threads, dask or ray")
+    orch = OrchestrationConfig(task_runner=task_runner, address=address, workers=workers)
+    if scene:  # paths, globs, folders, VRTs, STAC documents or API URLs -> the concrete scenes
+        from geocnn.data.sources.scenes import resolve_scenes
+
+        try:
+            bbox = [float(v) for v in stac_bbox.split(",")] if stac_bbox else None
+        except ValueError:
+            raise GeocnnError(f"--stac-bbox {stac_bbox}: give four numbers, min_lon,min_lat,max_lon,max_lat") from None
+        scene = resolve_scenes(scene, asset=stac_asset, bbox=bbox, datetime_range=stac_datetime, key="--scene")
+    chosen = scenes_of(bundle, scene, model)
+    from geocnn.outputs.remote import output_dir
+
+    with output_dir(out) as local, contextlib.ExitStack() as stack:
+        mapper: Any = fanout.SEQUENTIAL
+        if orch.task_runner != "sequential" and len(chosen) > 1:
+            from pipelines.fanout import mapper_for
+
+            mapper = stack.enter_context(mapper_for(orch))
+        paths = map_scenes(bundle.root, chosen, local, stride, grid, device=device, mapper=mapper)
     for key, path in paths.items():
-        typer.echo(f"{key:<10} {path}")
+        typer.echo(f"{key:<10} {str(path).replace(str(local), out.rstrip('/'), 1)}")
 
 
 @app.command()
@@ -537,14 +645,14 @@ def watch(
     if no_prefect:
         from geocnn.serving.batch import predict_new
 
-        summary = predict_new(*args)
+        summary = predict_new(*args)  # without Prefect there is no task runner: files one shard, in this process
     else:
         from geocnn.serving.batch import FilesFailed
         from pipelines.predict import predict_flow
 
         try:
             with prefect_console():
-                summary = predict_flow(*args)
+                summary = predict_flow(*args, orchestration=cfg.orchestration.model_dump())
         except FilesFailed as exc:  # the flow run is Failed; the outputs of the other files are there all the same
             summary = exc.summary
     for key, path in summary.get("outputs", {}).items():

@@ -7,10 +7,12 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from geocnn import fanout
 from geocnn.config import AnyExperiment, load_config
 from geocnn.data.store import ChipStore
 from geocnn.domains import base as skeleton
 from geocnn.domains import domain_for
+from pipelines.fanout import mapper_for
 from pipelines.policies import CACHED_INGEST, IO_RETRIES, cached_store
 from pipelines.report import publish, run_markdown
 
@@ -49,7 +51,8 @@ def experiment_flow(config: str | None = None, overrides: list[str] | None = Non
     steps = skeleton.Steps(ingest=lambda c, progress=True: cached_store(ingest_task, c, progress=progress),
                            split=split_task, train=train_task, evaluate=evaluate_task, export=export_task,
                            track=track_task)
-    summary = skeleton.run_experiment(cfg, domain, progress, steps)
+    with mapper_for(cfg.orchestration) as mapper, fanout.using(mapper):
+        summary = skeleton.run_experiment(cfg, domain, progress, steps)
     publish(f"{cfg.domain}-experiment", run_markdown(cfg.name, domain.report_keys(cfg), summary), summary["metrics"],
             f"{cfg.name}: held-out metrics beside baselines, MLflow run, registry, outputs")
     return summary

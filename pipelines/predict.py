@@ -9,9 +9,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from geocnn.config import OrchestrationConfig
 from geocnn.serving import batch as batches
 from geocnn.serving import watch
 from geocnn.tracking.model_uri import resolve
+from pipelines.fanout import mapper_for
 from pipelines.policies import IO_RETRIES
 
 TASKS = batches.Steps(
@@ -40,17 +42,21 @@ def report_markdown(summary: dict[str, Any]) -> str:
 @flow(name="predict-new-data", log_prints=True)
 def predict_flow(input_dir: str, output_dir: str, model: str, patterns: list[str] | None = None,
                  min_age_s: float = 2.0, max_attempts: int = 3, batch_size: int = 64, device: str = "auto",
-                 stride_px: int | None = None) -> dict[str, Any]:
+                 stride_px: int | None = None, orchestration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Predict the images or scenes that arrived in ``input_dir`` since the last successful run with ``model``
     (e.g. models:/NAME@champion, resolved at each run); write tables (and maps); record every file in the ledger.
 
     The run ends Failed when a file failed or was given up (the others are predicted and recorded all the same),
-    so the UI, notifications and automations see it: :class:`FilesFailed` carries the summary.
+    so the UI, notifications and automations see it: :class:`FilesFailed` carries the summary. ``orchestration``
+    (the config's section) shards many new files across its task runner, ``predict_shard_size`` files a task.
     """
     logger = get_run_logger()
-    summary = batches.predict_new(input_dir, output_dir, model, patterns, min_age_s, max_attempts, batch_size, device,
-                                  stride_px, run_id=str(flow_run.get_id() or ""), steps=TASKS, log=logger.info,
-                                  warn=logger.warning)
+    orch = OrchestrationConfig.model_validate(orchestration or {})
+    with mapper_for(orch) as mapper:
+        summary = batches.predict_new(input_dir, output_dir, model, patterns, min_age_s, max_attempts, batch_size,
+                                      device, stride_px, run_id=str(flow_run.get_id() or ""), steps=TASKS,
+                                      log=logger.info, warn=logger.warning, mapper=mapper,
+                                      shard_size=orch.predict_shard_size)
     create_markdown_artifact(report_markdown(summary), key="watch-folder-report",
                              description=f"prediction of new files in {input_dir}")
     create_table_artifact(summary.get("items") or [{"file": "", "status": "nothing new", "error": ""}],

@@ -146,8 +146,12 @@ class TrainConfig(Strict):
     """Training loop settings."""
 
     epochs: int = Field(20, gt=0, description="Maximum epochs.")
-    batch_size: int = Field(64, gt=0, description="Training batch size.")
-    eval_batch_size: int = Field(128, gt=0, description="Batch size for validation, test and prediction.")
+    batch_size: int = Field(64, gt=0, description="Training batch size: the GLOBAL batch. Under data-parallel "
+                            "training each of the train.devices x train.num_nodes processes gets an equal slice of "
+                            "every batch (it must divide evenly), so a DDP run takes the same optimisation steps as "
+                            "one process.")
+    eval_batch_size: int = Field(128, gt=0, description="Batch size for validation, test and prediction (per "
+                                 "process under data-parallel training).")
     optimizer: OptimConfig = Field(default_factory=OptimConfig)
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
     early_stopping_patience: int | None = Field(None, gt=0, description="Stop after this many epochs without "
@@ -164,7 +168,9 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present, else CPU.")
     devices: int | list[int] | Literal["auto"] = Field(
         1, description="Devices per node for Lightning (an int, a list of GPU indices, or auto). More than one "
-        "trains data-parallel (DDP): on CPU that many gloo processes.")
+        "trains data-parallel (DDP): on CPU that many gloo processes; on CUDA one process per GPU over NCCL, with "
+        "synchronised batch norm. Only global rank 0 writes outputs, the bundle and the MLflow run; output_dir must "
+        "be on a filesystem every node sees.")
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = Field(
         "auto", description="Lightning strategy: auto (one device: none; several: ddp), ddp (one process per device; "
         "the launcher of torchrun or SLURM when present, else Lightning starts the ranks), ddp_spawn, fsdp (sharded "
@@ -225,6 +231,10 @@ class TrackingConfig(Strict):
     tracking_uri: str | None = Field(None, description="MLflow URI (default: $MLFLOW_TRACKING_URI, else SQLite "
                                      "at data/mlflow/mlflow.db).")
     experiment: str = Field("geocnn", description="MLflow experiment name.")
+    artifact_location: str | None = Field(None, description="Artifact root of a new experiment, e.g. "
+                                          "s3://bucket/mlflow (default: data/mlflow/artifacts, or the tracking "
+                                          "server's). An S3-compatible server (MinIO, Ceph): set AWS_ENDPOINT_URL "
+                                          "(or MLFLOW_S3_ENDPOINT_URL) and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.")
     register: Literal["always", "if_promoted", "never"] = Field(
         "if_promoted", description="When a trained model becomes a registered version: always (every training), "
         "if_promoted (only a model that becomes the champion: the registry holds the line of champions, exploratory "

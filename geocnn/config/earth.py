@@ -39,7 +39,21 @@ class EarthConfig(Strict):
     """Earth imagery: scenes, extra raster layers, chips around survey points, night-light label rasters."""
 
     scenes: list[str] = Field(default_factory=list, description="GeoTIFF scenes (several = one mosaic); a path "
-                              "containing '{band}' stacks one file per band in the order of 'bands'.")
+                              "containing '{band}' stacks one file per band in the order of 'bands'. Also globs "
+                              "('tiles/*.tif'), folders (their *.tif/*.tiff/*.vrt), GDAL VRTs (one raster), STAC "
+                              "Item/ItemCollection/Catalog JSON files and STAC API URLs (the 'stac_asset' of each "
+                              "item): resolved to the concrete files when the experiment is prepared.")
+    scene_sources: list[str] | None = Field(None, description="Set when the experiment is prepared: 'scenes' as "
+                                            "configured (globs, folders, STAC), while 'scenes' then lists the "
+                                            "concrete files chips are cut from. Leave unset.")
+    stac_asset: str | None = Field(None, description="STAC scenes: the asset key read from each item (e.g. "
+                                   "'visual', 'data', 'B04').")
+    stac_bbox: list[float] | None = Field(None, min_length=4, max_length=4, description="STAC scenes: keep items "
+                                          "intersecting [min lon, min lat, max lon, max lat] (EPSG:4326).")
+    stac_datetime: str | None = Field(None, description="STAC scenes: keep items in this RFC 3339 instant or "
+                                      "interval ('2015-05-02', '2015-01-01/2015-12-31', open end '..').")
+    stac_collections: list[str] | None = Field(None, description="STAC API scenes: search these collections.")
+    stac_max_items: int | None = Field(None, gt=0, description="STAC API scenes: at most this many items.")
     bands: list[str | int] | None = Field(None, description="Bands to read from scenes and tiles: names (band "
                                           "descriptions or the {band} tokens) or 1-based indices; default all.")
     nodata: float | None = Field(None, description="Nodata value of scenes and tiles (default: from the files).")
@@ -93,6 +107,9 @@ class MapsConfig(Strict):
     target_grid: str | None = Field(None, description="Write on the grid (CRS, transform, shape) of this raster, "
                                     "e.g. a published map, and predict only the scene area it covers.")
     batch_size: int = Field(128, gt=0, description="Windows per model batch.")
+    all_scenes: bool = Field(False, description="Map every scene of earth.scenes, one task each on "
+                             "orchestration.task_runner, then mosaic them (VRT + merged COG + per-scene table); "
+                             "default: the first scene only.")
 
 
 class TwoStageConfig(Strict):

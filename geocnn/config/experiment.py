@@ -44,6 +44,16 @@ class ExperimentBase(Strict):
         """The resolved output directory."""
         return Path(self.output_dir.format(name=self.name))
 
+    @model_validator(mode="after")
+    def _one_kind_of_parallelism(self) -> "ExperimentBase":
+        ddp = self.train.strategy != "auto" or self.train.num_nodes > 1 or self.train.devices not in (1, "auto")
+        if ddp and self.orchestration.task_runner != "sequential":
+            raise ValueError(f"train.devices={self.train.devices} / train.strategy={self.train.strategy} trains one "
+                             "model on several processes, and orchestration.task_runner="
+                             f"{self.orchestration.task_runner} trains folds side by side: pick one (set "
+                             "orchestration.task_runner: sequential for data-parallel training)")
+        return self
+
 
 class GalaxyExperiment(ExperimentBase):
     """A galaxy experiment: cut-outs and a catalog -> morphology (classes, vote fractions, vote counts, values)."""

@@ -7,6 +7,7 @@ was trained on and the chips it later predicts are cut by the same code with the
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,18 @@ from rasterio.warp import transform_bounds
 
 from geocnn.data.catalog import ID, IMAGE, LAT, LON
 from geocnn.data.sources.images import TIFF_SUFFIXES, crop_resize, read_image
-from geocnn.data.sources.raster import Scene, cluster_points, label_statistic, metres_per_degree, open_scene, read_chip
+from geocnn.data.sources.mosaic import Mosaic
+from geocnn.data.sources.raster import (
+    Scene,
+    SceneInfo,
+    cluster_points,
+    label_statistic,
+    metres_per_degree,
+    open_scene,
+    read_chip,
+)
+from geocnn.data.sources.scenes import vrt_sources
+from geocnn.data.sources.uris import path_exists
 from geocnn.errors import GeocnnError
 
 M_PER_DEG = 110_574.0
@@ -60,7 +72,8 @@ class ChipSpec(BaseModel):
         paths: list[str] = []
         for scene in self.scenes:
             paths += [scene.format(band=b) for b in self.bands] if "{band}" in scene and self.bands else [scene]
-        return paths + list(self.layers) + ([self.label_raster] if self.label_raster else [])
+        rasters = paths + list(self.layers) + ([self.label_raster] if self.label_raster else [])
+        return rasters + [p for p in vrt_sources(rasters) if p not in rasters]
 
 
 @dataclass
@@ -77,11 +90,16 @@ class Chip:
 
 @dataclass
 class ChipSource:
-    """An open :class:`ChipSpec`: rasters opened once, then :meth:`make` per catalog row (use as a context)."""
+    """An open :class:`ChipSpec`: rasters opened once, then :meth:`make` per catalog row (use as a context).
+
+    Scenes form a :class:`Mosaic`: their grids are known up front (``scenes``), their files are opened on demand;
+    :meth:`make_rows` reads many rows scene by scene (each scene opened once, its chips read together).
+    """
 
     spec: ChipSpec
     source: str = "catalog"
-    scenes: list[Scene] = field(default_factory=list)
+    scenes: list[SceneInfo] = field(default_factory=list)
+    mosaic: Mosaic | None = None
     layers: list[Scene] = field(default_factory=list)
     label: Scene | None = None
     _stack: ExitStack = field(default_factory=ExitStack)
@@ -89,9 +107,11 @@ class ChipSource:
     def __enter__(self) -> "ChipSource":
         spec = self.spec
         for path in spec.inputs():
-            if "{band}" not in path and not Path(path).exists():
+            if "{band}" not in path and not path_exists(path):
                 raise GeocnnError(f"{path}: raster not found (earth.scenes / earth.layers / earth.label_raster)")
-        self.scenes = [self._stack.enter_context(open_scene(s, spec.bands, spec.nodata)) for s in spec.scenes]
+        if spec.scenes:
+            self.mosaic = self._stack.enter_context(Mosaic(spec.scenes, spec.bands, spec.nodata))
+            self.scenes = list(self.mosaic.infos)
         self.layers = [self._stack.enter_context(open_scene(p)) for p in spec.layers]
         self.label = self._stack.enter_context(open_scene(spec.label_raster)) if spec.label_raster else None
         return self
@@ -142,8 +162,66 @@ class ChipSource:
             n = spec.per_sample
             points = [(row[LON], row[LAT])] if n == 1 else cluster_points(row[LON], row[LAT], spec.box_m, n)
             for k, (lon, lat) in enumerate(points):
-                pixels, _ = read_chip(self.scenes, lon, lat, spec.out_px, size_m=size)
+                if self.mosaic is None:
+                    raise GeocnnError(f"{self.source}: chips around points need scenes; list earth.scenes.")
+                pixels, _ = self.mosaic.read(lon, lat, spec.out_px, size_m=size)
                 chips.append(Chip(pixels, suffix="" if n == 1 else f"#{k}", lat=lat, lon=lon))
+        return self._finish(row, chips)
+
+    def make_rows(self, rows: list[dict[str, Any]], positions: Iterable[int]) -> Iterator[tuple[int, list[Chip]]]:
+        """The chips of many rows as (row position, chips), each row once; errors name the catalog row.
+
+        Rows of a mosaic of several scenes are read scene by scene (each scene opened once, the chips that fall in
+        it read together, then closed), so rows come in no particular order; each row's chips are those
+        :meth:`make` gives it. Otherwise rows come in order.
+        """
+        positions = list(positions)
+        if self.spec.files or self.mosaic is None or len(self.mosaic) < 2:
+            for i in positions:
+                try:
+                    yield i, self.make(rows[i])
+                except GeocnnError as exc:
+                    raise self._row_error(rows, i, exc) from None
+            return
+        spec, n = self.spec, self.spec.per_sample
+        owner: list[tuple[int, int]] = []
+        lons: list[float] = []
+        lats: list[float] = []
+        sizes: list[float] = []
+        for i in positions:
+            row = rows[i]
+            try:
+                size = self.footprint_m(row)
+                points = [(row[LON], row[LAT])] if n == 1 else cluster_points(row[LON], row[LAT], spec.box_m, n)
+            except GeocnnError as exc:
+                raise self._row_error(rows, i, exc) from None
+            for k, (lon, lat) in enumerate(points):
+                owner.append((i, k))
+                lons.append(float(lon))
+                lats.append(float(lat))
+                sizes.append(size)
+        waiting: dict[int, list[Chip | None]] = {}
+        for p, pixels, _ in self.mosaic.read_many(np.array(lons), np.array(lats), spec.out_px, np.array(sizes),
+                                                  where=lambda p: self._row_prefix(rows, owner[p][0])):
+            i, k = owner[p]
+            chips = waiting.setdefault(i, [None] * (1 if n == 1 else n * n))
+            chips[k] = Chip(pixels, suffix="" if n == 1 else f"#{k}", lat=lats[p], lon=lons[p])
+            if all(c is not None for c in chips):
+                del waiting[i]
+                try:
+                    yield i, self._finish(rows[i], [c for c in chips if c is not None])
+                except GeocnnError as exc:
+                    raise self._row_error(rows, i, exc) from None
+
+    def _row_prefix(self, rows: list[dict[str, Any]], i: int) -> str:
+        return f"{self.source}: row {i + 2} (id {rows[i][ID]!r})"
+
+    def _row_error(self, rows: list[dict[str, Any]], i: int, exc: GeocnnError) -> GeocnnError:
+        return GeocnnError(f"{self._row_prefix(rows, i)}: {exc}")
+
+    def _finish(self, row: dict[str, Any], chips: list[Chip]) -> list[Chip]:
+        """Layers appended, the label statistic and each chip's nodata fraction."""
+        spec = self.spec
         if self.layers or self.label is not None:
             size = self.footprint_m(row)
             for chip in chips:
@@ -170,7 +248,8 @@ class ChipSource:
             if b is not None:
                 inside |= (lons >= b[0]) & (lons <= b[2]) & (lats >= b[1]) & (lats <= b[3])
         where = "; ".join(f"{Path(s.paths[0]).name} covers lon {b[0]:.3f}..{b[2]:.3f}, lat {b[1]:.3f}..{b[3]:.3f}"
-                          for s, b in zip(self.scenes, boxes) if b is not None)
+                          for s, b in list(zip(self.scenes, boxes))[:10] if b is not None)
+        where += f"; and {len(self.scenes) - 10} more scenes" if len(self.scenes) > 10 else ""
         n_out = int((~inside).sum())
         if n_out == len(lons):
             return (f"{self.source}: all {len(lons)} chip centres lie outside every scene ({where}). Check the "

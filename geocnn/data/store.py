@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
+import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +19,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from geocnn import __version__
-from geocnn.atomic import atomic_dir
+from geocnn import __version__, fanout
+from geocnn.atomic import atomic_dir, atomic_path
 from geocnn.data.catalog import ID, IMAGE, Catalog
 from geocnn.data.chips import Chip, ChipSource, ChipSpec, chip_ids
 from geocnn.data.sources.nightlights import nightlight_classes
+from geocnn.data.sources.uris import fingerprint, is_uri, path_exists
 from geocnn.errors import GeocnnError
 
 CHIPS = "chips.npy"
@@ -114,7 +120,9 @@ class ChipStore:
 
 
 def file_digest(path: str) -> str:
-    """BLAKE2 digest of a file's bytes."""
+    """BLAKE2 digest of a file's bytes (a remote object: its ETag and size, see uris.fingerprint)."""
+    if is_uri(path):
+        return fingerprint(path)
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -137,12 +145,13 @@ def store_key(catalog: Catalog, params: dict[str, Any], inputs: list[str]) -> st
 
 
 def build_store(catalog: Catalog, spec: ChipSpec, store_root: str | Path, labels: LabelSpec | None = None,
-                progress: bool = True) -> ChipStore:
+                progress: bool = True, shard_size: int = 2000) -> ChipStore:
     """Cut every catalog row into chips (its file, or scene windows around its point), or reuse an identical build.
 
     Chips with more nodata than ``spec.max_nodata_fraction`` are dropped and counted in the report. The store lives
     at ``store_root/<content hash>``; it is written to a temporary folder and renamed only when complete, so an
-    interrupted build leaves nothing behind.
+    interrupted build leaves nothing behind. Under a parallel task runner (:mod:`geocnn.fanout`), the rows are cut
+    in shards of ``shard_size`` rows side by side and assembled in catalog order: the same store, byte for byte.
     """
     if len(catalog) == 0:
         raise GeocnnError(f"{catalog.source}: the catalog is empty; nothing to cut into chips")
@@ -153,12 +162,45 @@ def build_store(catalog: Catalog, spec: ChipSpec, store_root: str | Path, labels
         raise GeocnnError(f"{catalog.source}: no image or tile file per row; give data.tiles or earth.scenes")
     params = {"chips": spec.model_dump(), "labels": labels.model_dump() if labels else None}
     for path in spec.inputs():
-        if "{band}" not in path and not Path(path).exists():
+        if "{band}" not in path and not path_exists(path):
             raise GeocnnError(f"{path}: raster not found (earth.scenes / earth.layers / earth.label_raster)")
     key = store_key(catalog, params, [p for p in spec.inputs() if "{band}" not in p])
     root = Path(store_root) / key[:20]
     if (root / META).exists():
         return ChipStore.open(root)
+    with _build_lock(root):  # one builder per store (DDP ranks under torchrun, workers); the others wait, then reuse
+        if (root / META).exists():
+            return ChipStore.open(root)
+        return _build(catalog, spec, root, key, params, labels, progress, shard_size)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``.<root>.lock`` beside the store while it is built (DDP ranks, workers, two commands):
+    the others wait, then find the store. The lock file is removed when the holder is done (a waiter that then holds
+    a removed file's lock takes a fresh one), so nothing is left beside the stores."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    path = root.parent / f".{root.name}.lock"
+    while True:
+        handle = open(path, "a")  # noqa: SIM115 - held open across the yield
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()  # the file was removed by the previous holder: lock the current one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _build(catalog: Catalog, spec: ChipSpec, root: Path, key: str, params: dict[str, Any],
+           labels: LabelSpec | None, progress: bool, shard_size: int = 2000) -> ChipStore:
+    """Cut the chips into a temporary folder that becomes ``root`` only when complete."""
     rows = catalog.frame.to_dict("records")
     with ChipSource(spec, catalog.source) as src, atomic_dir(root) as tmp:
 
@@ -174,13 +216,18 @@ def build_store(catalog: Catalog, spec: ChipSpec, store_root: str | Path, labels
         dtype = first[0].pixels.dtype
         bands = src.band_names(rows[0])
         chips = np.lib.format.open_memmap(tmp / CHIPS, mode="w+", dtype=dtype, shape=(len(rows) * per, *shape))
-        meta_rows: list[dict[str, Any]] = []
+        meta_rows: list[dict[str, Any]] = [{}] * (len(rows) * per)  # filled by position: rows may come unordered
         keep = np.zeros(len(rows) * per, bool)
         pool = ThreadPoolExecutor(2) if src.threaded else None
-        made = pool.map(make, range(1, len(rows))) if pool else (make(i) for i in range(1, len(rows)))
+        mapper = fanout.current()
+        if mapper.parallel and len(rows) - 1 > shard_size:
+            made = _sharded(rows, spec, catalog.source, tmp, mapper, shard_size)
+        else:
+            made = (enumerate(pool.map(make, range(1, len(rows))), 1) if pool
+                    else src.make_rows(rows, range(1, len(rows))))
         try:
-            for i, sample_chips in enumerate(tqdm([first] if len(rows) == 1 else _chain(first, made),
-                                                  total=len(rows), desc="chips", disable=None if progress else True)):
+            for i, sample_chips in tqdm(_chain((0, first), made), total=len(rows), desc="chips",
+                                        disable=None if progress else True):
                 ids = chip_ids(str(rows[i][ID]), sample_chips)
                 for k, chip in enumerate(sample_chips):
                     j = i * per + k
@@ -189,8 +236,8 @@ def build_store(catalog: Catalog, spec: ChipSpec, store_root: str | Path, labels
                         raise GeocnnError(f"{where}: chip of shape {chip.pixels.shape} ({chip.pixels.dtype}), the "
                                           f"first row's is {shape} ({dtype}); all images must have the same bands "
                                           "and type (set data.channels / data.bands, or earth.bands).")
-                    meta_rows.append({ID: ids[k], "sample": str(rows[i][ID]), "chip_lat": chip.lat,
-                                      "chip_lon": chip.lon, "nodata_fraction": chip.nodata, "label": chip.label})
+                    meta_rows[j] = {ID: ids[k], "sample": str(rows[i][ID]), "chip_lat": chip.lat,
+                                    "chip_lon": chip.lon, "nodata_fraction": chip.nodata, "label": chip.label}
                     limit = spec.max_nodata_fraction
                     if limit is None or chip.nodata <= limit:
                         keep[j] = True
@@ -221,7 +268,65 @@ def build_store(catalog: Catalog, spec: ChipSpec, store_root: str | Path, labels
     return ChipStore.open(root)
 
 
-def _chain(first: list[Chip], rest: Any) -> Any:
+@dataclass(frozen=True)
+class ShardCut:
+    """Catalog rows to cut into chips as a unit of work (rows keyed by their catalog position)."""
+
+    spec: ChipSpec
+    source: str
+    rows: dict[int, dict[str, Any]]
+    out: str
+
+
+def cut_shard(job: ShardCut) -> str:
+    """Cut a shard's rows (scene by scene, as the whole build would) into ``out``: chips.npy in position order and
+    chips.json (each row's chip metadata). Written atomically, so a rerun after a lost worker starts clean."""
+    positions = sorted(job.rows)
+    with ChipSource(job.spec, job.source) as src:
+        made = dict(src.make_rows(job.rows, positions))
+    pixels = [c.pixels for i in positions for c in made[i]]
+    first = pixels[0]
+    for i in positions:
+        for c in made[i]:
+            if c.pixels.shape != first.shape or c.pixels.dtype != first.dtype:
+                where = job.rows[i].get(IMAGE, job.rows[i][ID])
+                raise GeocnnError(f"{where}: chip of shape {c.pixels.shape} ({c.pixels.dtype}), others are "
+                                  f"{first.shape} ({first.dtype}); all images must have the same bands and type (set "
+                                  "data.channels / data.bands, or earth.bands).")
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / CHIPS) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.stack(pixels))
+    meta = [[{"suffix": c.suffix, "lat": c.lat, "lon": c.lon, "label": c.label, "nodata": c.nodata} for c in made[i]]
+            for i in positions]
+    with atomic_path(out / "chips.json") as tmp:
+        tmp.write_text(json.dumps({"positions": positions, "chips": meta}))
+    return str(out)
+
+
+def _sharded(rows: list[dict[str, Any]], spec: ChipSpec, source: str, tmp: Path, mapper: fanout.Mapper,
+             shard_size: int) -> Iterator[tuple[int, list[Chip]]]:
+    """Rows 1.. cut in shards by ``mapper`` (each a unit writing under ``tmp/shards``), yielded in catalog order."""
+    jobs = [ShardCut(spec, source, {i: rows[i] for i in range(a + 1, b + 1)}, str(tmp / "shards" / f"{k:05d}"))
+            for k, (a, b) in enumerate(fanout.shards(len(rows) - 1, shard_size))]
+    for folder in map(Path, mapper.map("ingest-shard", cut_shard, jobs)):
+        chips = np.load(folder / CHIPS, mmap_mode="r")
+        meta = json.loads((folder / "chips.json").read_text())
+        j = 0
+        for i, described in zip(meta["positions"], meta["chips"]):
+            made = []
+            for d in described:
+                made.append(Chip(np.asarray(chips[j]), suffix=d["suffix"], lat=d["lat"], lon=d["lon"],
+                                 label=d["label"], nodata=d["nodata"]))
+                j += 1
+            yield i, made
+        del chips
+        shutil.rmtree(folder)
+    shutil.rmtree(tmp / "shards", ignore_errors=True)
+
+
+def _chain(first: Any, rest: Any) -> Any:
     yield first
     yield from rest
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from geocnn import fanout
 from geocnn.atomic import atomic_path
 from geocnn.config import AnyExperiment, AugmentConfig, ModelConfig, SplitConfig, TrainConfig
 from geocnn.data.catalog import GROUP, IMAGE, LAT, LON, SPLIT, URBAN, Catalog
@@ -39,6 +40,7 @@ from geocnn.tracking import runs as tracking
 from geocnn.tracking.model_uri import download_artifact, resolve_model
 from geocnn.tracking.pyfunc import log_bundle_model, logged_model_name
 from geocnn.training.fit import FitResult, FitSpec, fit
+from geocnn.training.ranks import global_rank, is_global_zero
 from geocnn.training.resume import checkpoint_epoch, content_key, read_state, resume_checkpoint, write_state
 
 LOG = logging.getLogger("geocnn")
@@ -321,59 +323,99 @@ def check_plan(store: ChipStore, plan: CnnPlan) -> None:
         spec.class_weights(plan.fit.model.class_weights, y[view.rows("train")], targets)
 
 
+@dataclass(frozen=True)
+class FoldJob:
+    """One fit of :func:`train_cnn` as a unit of work: everything it needs travels by value or by path."""
+
+    store: ChipStore
+    plan: CnnPlan
+    fold: int | None
+    run_id: str | None
+    prefix: str
+    tracking_uri: str | None
+    progress: bool
+
+
+@dataclass
+class FoldOutput:
+    """What one fit returns: the fit (network on the host), per-sample predictions, split, validation scores."""
+
+    result: FitResult
+    by_sample: np.ndarray
+    part: np.ndarray
+    validation: dict[str, float]
+
+
+def fit_fold(job: FoldJob) -> FoldOutput:
+    """Fit one split (or one fold) and predict its held-out samples (a unit: may run in another process)."""
+    store, plan, f = job.store, job.plan, job.fold
+    if job.run_id and job.tracking_uri:
+        tracking.use_uri(job.tracking_uri)
+    spec, targets = targets_of(store, plan.fit.model)
+    samples = store.samples()
+    codes = store.sample_of_rows()
+    y = spec.target_array(samples, targets)
+    stratify = store.targets[0] if spec.stratify else None
+    view = split_store(store, plan.split, stratify, fold=f)
+    out = plan.fit.out if f is None else plan.fit.out / f"fold{f}"
+    fs = FitSpec(plan.fit.model, plan.fit.train, plan.fit.augment, plan.fit.seed, out)
+    result = fit(view, fs, epoch_logger(job.run_id, job.prefix + ("" if f is None else f"fold{f}/")), job.progress)
+    if not is_global_zero():  # a data-parallel worker rank: rank 0 predicts, scores and writes
+        empty = np.full((len(samples), spec.n_outputs(targets)), np.nan)
+        return FoldOutput(result, empty, view.sample_split(), {})
+    held = np.flatnonzero(np.isin(view.split, ["test", "val"]))
+    forward = Forward(result.net, plan.views, plan.device)
+    chip_pred = np.full((len(codes), spec.n_outputs(targets)), np.nan)
+    chip_pred[held] = forward(store.chips, held, plan.batch_size, job.progress, "evaluate held-out")
+    if f is None:  # one split: the training rows are in the table too, with train_views (not scored)
+        train_rows = np.flatnonzero(~np.isin(view.split, ["test", "val"]))
+        forward.views = plan.train_views
+        chip_pred[train_rows] = forward(store.chips, train_rows, plan.batch_size, job.progress, "predict train")
+    result.net = forward.release()
+    by_sample = _sample_means(chip_pred, codes, len(samples))
+    part = view.sample_split()
+    val = part == "val"
+    validation: dict[str, float] = {}
+    if val.any():
+        scores = spec.score(ScoreInput(y[val], {"validation": by_sample[val]}), targets)
+        validation = {k: v for k, v in scores.items() if np.isfinite(v)}
+    return FoldOutput(result, by_sample, part, validation)
+
+
 def train_cnn(store: ChipStore, plan: CnnPlan, run_id: str | None = None, prefix: str = "",
               progress: bool = True) -> Trained:
     """Fit the CNN on the split (or on each fold of split.folds) and predict the held-out samples.
 
     One split: the model predicts every sample (train, val and test rows are all in the table; test is scored).
     Folds: each fold's model predicts its test fold, so every sample is predicted once out of fold. Validation
-    metrics (promotion) are the task's metrics on each split's validation samples, averaged over folds.
+    metrics (promotion) are the task's metrics on each split's validation samples, averaged over folds. The folds
+    are independent units: with a parallel task runner (orchestration.task_runner) they train side by side, with
+    the same seeds and so the same results as one after another.
     """
     spec, targets = targets_of(store, plan.fit.model)
     samples = store.samples()
-    codes = store.sample_of_rows()
-    y = spec.target_array(samples, targets)
-    stratify = store.targets[0] if spec.stratify else None
     k = n_folds(samples, plan.split)
+    mapper = fanout.current()
+    parallel = mapper.parallel and k is not None and k > 1
+    uri = tracking.current_uri() if run_id else None
+    jobs = [FoldJob(store, plan, f, run_id, prefix, uri, progress and not parallel)
+            for f in (range(k) if k else [None])]
+    outputs = mapper.map("fold", fit_fold, jobs) if parallel else [fit_fold(job) for job in jobs]
     pred = np.full((len(samples), spec.n_outputs(targets)), np.nan)
     split = np.full(len(samples), "test", dtype=object)
     fold = np.full(len(samples), -1) if k else None
-    fits: list[FitResult] = []
-    validation: list[dict[str, float]] = []
-    net = None
-    for f in range(k) if k else [None]:
-        view = split_store(store, plan.split, stratify, fold=f)
-        out = plan.fit.out if f is None else plan.fit.out / f"fold{f}"
-        fs = FitSpec(plan.fit.model, plan.fit.train, plan.fit.augment, plan.fit.seed, out)
-        result = fit(view, fs, epoch_logger(run_id, prefix + ("" if f is None else f"fold{f}/")), progress)
-        fits.append(result)
-        held = np.flatnonzero(np.isin(view.split, ["test", "val"]))
-        forward = Forward(result.net, plan.views, plan.device)
-        chip_pred = np.full((len(codes), pred.shape[1]), np.nan)
-        chip_pred[held] = forward(store.chips, held, plan.batch_size, progress, "evaluate held-out")
-        if f is None:  # one split: the training rows are in the table too, with train_views (not scored)
-            train_rows = np.flatnonzero(~np.isin(view.split, ["test", "val"]))
-            forward.views = plan.train_views
-            chip_pred[train_rows] = forward(store.chips, train_rows, plan.batch_size, progress, "predict train")
-        result.net = forward.release()
-        by_sample = _sample_means(chip_pred, codes, len(samples))
-        part = view.sample_split()
-        if f is None:
-            pred, split = by_sample, part
+    for job, done in zip(jobs, outputs):
+        if job.fold is None:
+            pred, split = done.by_sample, done.part
         else:
-            pred[part == "test"] = by_sample[part == "test"]
-            fold[part == "test"] = f
-        val = part == "val"
-        if val.any():
-            scores = spec.score(ScoreInput(y[val], {"validation": by_sample[val]}), targets)
-            validation.append({k_: v for k_, v in scores.items() if np.isfinite(v)})
-        if net is None:
-            net = result.net
-    assert net is not None
+            pred[done.part == "test"] = done.by_sample[done.part == "test"]
+            fold[done.part == "test"] = job.fold
+    validation = [o.validation for o in outputs if o.validation]
     keys = set().union(*validation) if validation else set()
     mean_val = {key: float(np.mean([v[key] for v in validation if key in v])) for key in sorted(keys)}
     groups = sample_groups(samples, plan.split) if plan.split.method in ("grouped", "blocks") else None
-    return Trained(net=net, pred=pred, split=split, fold=fold, groups=groups, validation=mean_val, fits=fits)
+    return Trained(net=outputs[0].result.net, pred=pred, split=split, fold=fold, groups=groups, validation=mean_val,
+                   fits=[o.result for o in outputs])
 
 
 def _sample_means(chip_values: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
@@ -670,10 +712,15 @@ def run_experiment(cfg: AnyExperiment, domain: Domain, progress: bool = True,
     and marked FAILED when a later step fails; rerunning the same command resumes it.
     """
     check_backbone(cfg.model.backbone)  # a typo fails before any data is read
+    zero = is_global_zero()  # data-parallel: only global rank 0 writes outputs, state files and tracking
+    progress = progress and zero
     cfg = domain.prepare(cfg)
     steps = steps or Steps(domain.ingest, domain.split, domain.train)
     store = steps.ingest(cfg, progress=progress)
     steps.split(store, cfg, progress=progress)
+    if not zero:  # another DDP rank: the same fits as rank 0 (their collectives need every rank), then nothing
+        steps.train(store, cfg, None, progress=False)
+        return {"rank": global_rank()}
     run_id = open_run(cfg, domain)
     try:
         trained = steps.train(store, cfg, run_id, progress=progress)

@@ -15,21 +15,23 @@ import pandas as pd
 import rasterio
 from pydantic import BaseModel
 
+from geocnn import fanout
 from geocnn.config import EarthExperiment, ModelConfig, SplitConfig, derive
 from geocnn.data.catalog import ID, IMAGE, LAT, LON, Catalog
 from geocnn.data.chips import ChipSpec, sample_points, tile_size_m
 from geocnn.data.fingerprint import files_under
-from geocnn.data.sources.images import file_root, resolve_files
+from geocnn.data.sources.images import file_root, folder_of, is_folder, location, resolve_files
 from geocnn.data.sources.raster import label_statistic, open_scene
+from geocnn.data.sources.scenes import resolve_scenes
 from geocnn.data.sources.survey import read_survey
 from geocnn.data.splits import group_folds, sample_groups
 from geocnn.data.store import ChipStore, LabelSpec, build_store
 from geocnn.domains.base import CnnPlan, Domain, Evaluation, Trained, check_plan, held_out_metrics, train_cnn
-from geocnn.domains.earth_maps import map_scene
+from geocnn.domains.earth_maps import map_scene, map_scenes
 from geocnn.errors import GeocnnError
 from geocnn.evaluation.baselines import gbm_baseline
 from geocnn.evaluation.plots import plot_residual_map
-from geocnn.inference.bundle import Bundle, Preprocessing, Stage2, load_bundle
+from geocnn.inference.bundle import Bundle, Preprocessing, Stage2
 from geocnn.inference.predict import Forward
 from geocnn.models.ridge import Stage2Ridge, fit_ridge, nested_ridge
 from geocnn.models.tasks import ScoreInput, Targets, TaskSpec, task_spec
@@ -69,20 +71,17 @@ class EarthDomain(Domain):
         return pd.DataFrame(rows), failures
 
     def prepare(self, cfg: EarthExperiment) -> EarthExperiment:
-        """data.format=synthetic_earth: generate (or reuse) the scene, night lights and clusters; point at them."""
-        if cfg.data.format != "synthetic_earth":
-            return cfg
+        """The config ready to run: earth.scenes resolved to concrete files (once; globs, folders, VRTs, STAC kept
+        in earth.scene_sources), and for data.format=synthetic_earth the generated scene, night lights and clusters
+        (written or reused) pointed at."""
+        if cfg.data.format == "synthetic_earth":
+            cfg = _synthetic(cfg)
         e = cfg.earth
-        folder = Path(cfg.data.store_root).parent / "synthetic_earth" / \
-            f"s{e.synthetic_size}_n{e.synthetic_clusters}_seed{e.synthetic_seed}"
-        paths = make_scene(folder, size_px=e.synthetic_size, n_clusters=e.synthetic_clusters, seed=e.synthetic_seed)
-        return derive(cfg, {"data.format": "survey", "data.catalog": str(paths["clusters"]),
-                            "data.id_column": cfg.data.id_column or "cluster_id",
-                            "data.targets": cfg.data.targets or ["wealth"],
-                            "data.group_column": cfg.data.group_column or "country",
-                            "earth.scenes": e.scenes or [str(paths["scene"])],
-                            "earth.label_raster": e.label_raster or str(paths["nightlights"]),
-                            "earth.urban_column": e.urban_column or "urban"})
+        if e.scenes and e.scene_sources is None:
+            files = resolve_scenes(e.scenes, asset=e.stac_asset, bbox=e.stac_bbox, datetime_range=e.stac_datetime,
+                                   collections=e.stac_collections, max_items=e.stac_max_items)
+            cfg = derive(cfg, {"earth.scene_sources": list(e.scenes), "earth.scenes": files})
+        return cfg
 
     def catalog(self, cfg: EarthExperiment) -> Catalog:
         """The survey points (validated), with each cluster's tile file when data.tiles is set."""
@@ -93,15 +92,16 @@ class EarthDomain(Domain):
                             data.group_column, earth.urban_column, earth.weight_column, earth.urban_unknown)
         source = str(data.catalog)
         if data.tiles:
-            path = Path(data.catalog)
+            path = location(data.catalog)
             column = data.tiles if data.tiles in frame.columns else None
-            root = path.parent if column else file_root(path, data.tiles, "data.tiles")
-            frame[IMAGE] = resolve_files(frame[ID], frame[column] if column else None, column, root, path.parent, (),
-                                         source, data.allow_outside_root, key="data.tiles")
+            root = folder_of(path) if column else file_root(path, data.tiles, "data.tiles")
+            frame[IMAGE] = resolve_files(frame[ID], frame[column] if column else None, column, root, folder_of(path),
+                                         (), source, data.allow_outside_root, key="data.tiles")
         return task_spec(cfg.model.task).prepare(Catalog(frame, targets, source))
 
     def chip_spec(self, cfg: EarthExperiment) -> ChipSpec:
         """Tiles (crop, resize) or scene windows around each point (n x n per cluster), layers and labels appended."""
+        cfg = self.prepare(cfg)
         d, e = cfg.data, cfg.earth
         common = {"out_px": d.chip_size, "bands": e.bands, "nodata": e.nodata, "layers": e.layers,
                   "label_raster": e.label_raster, "label_statistic": e.label_statistic, "chip_m": e.chip_m,
@@ -120,10 +120,11 @@ class EarthDomain(Domain):
     def ingest(self, cfg: EarthExperiment, progress: bool = True) -> ChipStore:
         cfg = self.prepare(cfg)
         return build_store(self.catalog(cfg), self.chip_spec(cfg), cfg.data.store_root, self.labels(cfg, False),
-                           progress=progress)
+                           progress=progress, shard_size=cfg.orchestration.ingest_shard_size)
 
     def input_files(self, cfg: EarthExperiment) -> list[Path]:
-        tiles = cfg.data.tiles if cfg.data.tiles and Path(cfg.data.tiles).is_dir() else None
+        cfg = self.prepare(cfg)
+        tiles = cfg.data.tiles if cfg.data.tiles and is_folder(cfg.data.tiles) else None
         files = files_under(cfg.data.catalog) + files_under(tiles)
         for path in self.chip_spec(cfg).inputs() + ([cfg.earth.baseline_raster] if cfg.earth.baseline_raster else []):
             files += files_under(path)
@@ -210,12 +211,28 @@ class EarthDomain(Domain):
         if not cfg.maps_enabled:
             return {}
         target = cfg.data.targets[0]
-        return map_scene(load_bundle(bundle), cfg.earth.scenes[:1], cfg.out / "maps", cfg.maps.stride_px,
-                         cfg.maps.target_grid, cfg.maps.batch_size, cfg.train.device,
-                         title=f"{cfg.name}: predicted {target}")
+        scenes = cfg.earth.scenes if cfg.maps.all_scenes else cfg.earth.scenes[:1]
+        return map_scenes(bundle, scenes, cfg.out / "maps", cfg.maps.stride_px, cfg.maps.target_grid,
+                          cfg.maps.batch_size, cfg.train.device, mapper=fanout.current(),
+                          title=f"{cfg.name}: predicted {target}")
 
     def report_keys(self, cfg: EarthExperiment) -> list[str]:
         return ["test", "baseline", "baseline_nightlights", "baseline_gbm"]
+
+
+def _synthetic(cfg: EarthExperiment) -> EarthExperiment:
+    """data.format=synthetic_earth: generate (or reuse) the scene, night lights and clusters; point at them."""
+    e = cfg.earth
+    folder = Path(cfg.data.store_root).parent / "synthetic_earth" / \
+        f"s{e.synthetic_size}_n{e.synthetic_clusters}_seed{e.synthetic_seed}"
+    paths = make_scene(folder, size_px=e.synthetic_size, n_clusters=e.synthetic_clusters, seed=e.synthetic_seed)
+    return derive(cfg, {"data.format": "survey", "data.catalog": str(paths["clusters"]),
+                        "data.id_column": cfg.data.id_column or "cluster_id",
+                        "data.targets": cfg.data.targets or ["wealth"],
+                        "data.group_column": cfg.data.group_column or "country",
+                        "earth.scenes": e.scenes or [str(paths["scene"])],
+                        "earth.label_raster": e.label_raster or str(paths["nightlights"]),
+                        "earth.urban_column": e.urban_column or "urban"})
 
 
 def _footprint_m(store: ChipStore, cfg: EarthExperiment) -> float | None:
@@ -244,7 +261,8 @@ def stage1_store(domain: EarthDomain, cfg: EarthExperiment, progress: bool = Tru
     else:
         survey = domain.catalog(cfg)
         catalog = Catalog(survey.frame.drop(columns=survey.targets), [], survey.source)
-    return build_store(catalog, spec, cfg.data.store_root, labels, progress)
+    return build_store(catalog, spec, cfg.data.store_root, labels, progress,
+                       shard_size=cfg.orchestration.ingest_shard_size)
 
 
 def stage1_plan(cfg: EarthExperiment) -> CnnPlan:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.crs import CRS
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
@@ -17,9 +23,12 @@ from rasterio.windows import transform as window_transform
 from geocnn.data.chips import M_PER_DEG, ChipSpec
 from geocnn.data.sources.raster import Grid, Scene, open_scene
 from geocnn.errors import GeocnnError
-from geocnn.inference.bundle import Bundle
+from geocnn.fanout import SEQUENTIAL, Mapper
+from geocnn.inference.bundle import Bundle, load_bundle
 from geocnn.inference.predict import Forward
 from geocnn.outputs.cog import predict_map, write_quicklook
+from geocnn.outputs.mosaic import merge_maps, warp_to, write_vrt
+from geocnn.outputs.tables import write_tables
 
 
 def map_reader(scenes: list[Scene], layers: list[Scene]) -> Callable:
@@ -112,6 +121,81 @@ def map_scene(bundle: Bundle, scenes: list[str], out_dir: Path, stride_px: int |
             forward.release()  # callers keep using the network on the host
     png = write_quicklook(tif, out_dir / "prediction.png", title=title or f"predicted {name}")
     return {"map_tif": tif, "map_png": png}
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene to map, as a unit of work: the bundle is read from its folder, outputs go to ``out_dir``."""
+
+    bundle_dir: str
+    scene: str
+    out_dir: str
+    stride_px: int | None
+    target_grid: str | None
+    batch_size: int
+    device: str
+    crs: str | None
+    """The mosaic's CRS: a map in another CRS gets a reprojected copy for the mosaic."""
+
+
+def map_one(job: SceneJob) -> dict[str, Any]:
+    """Map one scene (COG + PNG, atomically) and summarise it: a row of the per-scene table."""
+    started = time.perf_counter()
+    bundle = load_bundle(Path(job.bundle_dir))
+    out = Path(job.out_dir)
+    paths = map_scene(bundle, [job.scene], out, job.stride_px, job.target_grid, job.batch_size, job.device,
+                      title=f"{Path(job.scene).name}: predicted {bundle.preprocessing.output_names[0]}")
+    with rasterio.open(paths["map_tif"]) as src:
+        crs = src.crs
+        values = src.read(1, masked=True).astype(np.float64).filled(np.nan)
+    mosaic_tif = paths["map_tif"]
+    if job.crs is not None and crs is not None and CRS.from_user_input(job.crs) != crs:
+        mosaic_tif = warp_to(paths["map_tif"], CRS.from_user_input(job.crs), out / "prediction_mosaic_crs.tif")
+    finite = values[np.isfinite(values)]
+    return {"scene": job.scene, "map_tif": str(paths["map_tif"]), "map_png": str(paths["map_png"]),
+            "mosaic_tif": str(mosaic_tif), "crs": str(crs), "width": int(values.shape[1]),
+            "height": int(values.shape[0]), "valid_pixels": int(finite.size),
+            "mean": float(finite.mean()) if finite.size else np.nan,
+            "min": float(finite.min()) if finite.size else np.nan,
+            "max": float(finite.max()) if finite.size else np.nan,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def scene_folders(scenes: list[str]) -> list[str]:
+    """A distinct output folder name per scene: its file stem, with a short hash where stems repeat."""
+    stems = [Path(s.rstrip("/")).stem or "scene" for s in scenes]
+    repeated = {s for s in stems if stems.count(s) > 1}
+    return [f"{stem}-{hashlib.blake2b(scene.encode(), digest_size=4).hexdigest()}" if stem in repeated else stem
+            for stem, scene in zip(stems, scenes)]
+
+
+def map_scenes(bundle_dir: Path, scenes: list[str], out_dir: Path, stride_px: int | None = None,
+               target_grid: str | None = None, batch_size: int = 128, device: str = "auto",
+               mapper: Mapper = SEQUENTIAL, title: str = "") -> dict[str, Path]:
+    """Map every scene as its own unit (``mapper``: one after another, or side by side on a task runner), then
+    mosaic them: a VRT and a merged COG with overviews (maps in another CRS than the first are reprojected into
+    it), a PNG of the mosaic, and a per-scene table (scenes.csv / scenes.parquet).
+
+    One scene writes prediction.tif / prediction.png in ``out_dir`` itself (as ``geocnn map`` always did).
+    """
+    if len(scenes) == 1:
+        return map_scene(load_bundle(bundle_dir), scenes, out_dir, stride_px, target_grid, batch_size, device,
+                         title=title)
+    with open_scene(scenes[0]) as first:
+        crs = first.crs.to_wkt() if first.crs is not None else None
+    jobs = [SceneJob(str(bundle_dir), scene, str(out_dir / "scenes" / name), stride_px, target_grid, batch_size,
+                     device, crs) for scene, name in zip(scenes, scene_folders(scenes))]
+    rows = mapper.map("map-scene", map_one, jobs)
+    table = pd.DataFrame(rows)
+    tifs = [Path(p) for p in table["mosaic_tif"]]
+    paths = {"map_vrt": write_vrt(tifs, out_dir / "mosaic.vrt"),
+             "map_tif": merge_maps(tifs, out_dir / "prediction.tif")}
+    name = load_bundle(bundle_dir).preprocessing.output_names[0]
+    paths["map_png"] = write_quicklook(paths["map_tif"], out_dir / "prediction.png",
+                                       title=title or f"predicted {name} ({len(scenes)} scenes)")
+    csv, parquet = write_tables(table, out_dir, stem="scenes")
+    paths.update({"scenes_csv": csv, "scenes_parquet": parquet})
+    return paths
 
 
 def scenes_of(bundle: Bundle, scenes: list[str] | None, source: Any = "the model") -> list[str]:

@@ -12,6 +12,7 @@ from geocnn.data.catalog import Catalog, name_classes
 from geocnn.data.chips import ChipSpec
 from geocnn.data.fingerprint import files_under
 from geocnn.data.sources.galaxy_tables import read_class_names, read_galaxy_catalog
+from geocnn.data.sources.images import folder_of
 from geocnn.data.store import ChipStore, build_store
 from geocnn.domains.base import Domain
 from geocnn.evaluation.plots import plot_montage
@@ -70,12 +71,13 @@ class GalaxyDomain(Domain):
 
     def ingest(self, cfg: GalaxyExperiment, progress: bool = True) -> ChipStore:
         cfg = self.prepare(cfg)
-        return build_store(self.catalog(cfg), self.chip_spec(cfg), cfg.data.store_root, progress=progress)
+        return build_store(self.catalog(cfg), self.chip_spec(cfg), cfg.data.store_root, progress=progress,
+                           shard_size=cfg.orchestration.ingest_shard_size)
 
     def input_files(self, cfg: GalaxyExperiment) -> list[Path]:
         d = cfg.data
         names = files_under(d.class_names) if isinstance(d.class_names, str) else []
-        return (files_under(d.catalog) + files_under(d.images or (Path(d.catalog).parent if d.catalog else None))
+        return (files_under(d.catalog) + files_under(d.images or (folder_of(d.catalog) if d.catalog else None))
                 + names)
 
     def plots(self, store: ChipStore, table: pd.DataFrame, y: np.ndarray, pred: np.ndarray, scored: np.ndarray,

@@ -14,6 +14,7 @@ import pandas as pd
 
 from geocnn.domains import DOMAINS
 from geocnn.errors import GeocnnError
+from geocnn.fanout import SEQUENTIAL, Mapper, shards
 from geocnn.inference.bundle import load_bundle
 from geocnn.outputs.tables import read_table, write_table
 from geocnn.serving.watch import BATCHES, Item, Ledger, Outcome, check_folder, discover, exclusive, new_batch_id
@@ -83,6 +84,26 @@ def rebuild_tables(ledger: Ledger) -> list[Path]:
             write_table(frame, ledger.root / "predictions.csv")]
 
 
+@dataclass(frozen=True)
+class ItemsJob:
+    """A shard of new files to predict, as a unit of work (the model is read from its bundle folder)."""
+
+    model: ModelRef
+    input_dir: Path
+    items: list[Item]
+    output_dir: Path
+    batch: str
+    batch_size: int
+    device: str
+    stride_px: int | None
+
+
+def predict_job(job: ItemsJob) -> tuple[list[Outcome], list[Path]]:
+    """:func:`predict_items` of one shard (its own batch table under output_dir/batches/)."""
+    return predict_items(job.model, job.input_dir, job.items, job.output_dir, job.batch, job.batch_size, job.device,
+                         job.stride_px)
+
+
 @dataclass
 class Steps:
     """The steps of a watch-folder run (plain functions, or Prefect tasks wrapping them)."""
@@ -96,12 +117,15 @@ class Steps:
 def predict_new(input_dir: str | Path, output_dir: str | Path, model: str, patterns: list[str] | None = None,
                 min_age_s: float = 2.0, max_attempts: int = 3, batch_size: int = 64, device: str = "auto",
                 stride_px: int | None = None, run_id: str | None = None, steps: Steps | None = None,
-                log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
+                mapper: Mapper = SEQUENTIAL, shard_size: int | None = None) -> dict[str, Any]:
     """Predict the files that arrived in ``input_dir`` since they were last processed; record each in the ledger.
 
     One run at a time per output folder (a second returns ``skipped``). Outputs are written before the ledger
     records them, and outputs no ledger entry references are removed, so a stopped run neither loses nor
-    duplicates work. A failing file is recorded and retried by later runs, up to ``max_attempts``.
+    duplicates work. A failing file is recorded and retried by later runs, up to ``max_attempts``. With a parallel
+    ``mapper`` and ``shard_size``, the new files are predicted in shards of that many files side by side, each
+    shard its own batch (table under batches/, ledger entry).
     """
     steps = steps or Steps()
     warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
@@ -129,9 +153,18 @@ def predict_new(input_dir: str | Path, output_dir: str | Path, model: str, patte
             if todo:
                 assert ref is not None
                 batch = new_batch_id()
-                outcomes, written = steps.predict(ref, src, todo, out, batch, batch_size=batch_size, device=device,
-                                                  stride_px=stride_px)
-                ledger.commit(batch, outcomes, ref.label, run_id)
+                if mapper.parallel and shard_size and len(todo) > shard_size:
+                    jobs = [ItemsJob(ref, src, todo[a:b], out, f"{batch}-{k:03d}", batch_size, device, stride_px)
+                            for k, (a, b) in enumerate(shards(len(todo), shard_size))]
+                    outcomes, written = [], []
+                    for job, (done, paths) in zip(jobs, mapper.map("predict-files", predict_job, jobs)):
+                        ledger.commit(job.batch, done, ref.label, run_id)
+                        outcomes += done
+                        written += paths
+                else:
+                    outcomes, written = steps.predict(ref, src, todo, out, batch, batch_size=batch_size,
+                                                      device=device, stride_px=stride_px)
+                    ledger.commit(batch, outcomes, ref.label, run_id)
                 tables = steps.tables(ledger)
                 summary.update(batch=batch, n_done=sum(o.ok for o in outcomes),
                                n_failed=sum(not o.ok for o in outcomes),

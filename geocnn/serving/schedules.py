@@ -78,7 +78,7 @@ def plan(cfg: AnyExperiment, config_path: Path, overrides: list[str], retrain: s
         predict={"input_dir": str(src), "output_dir": str(out), "model": ref, "patterns": list(s.patterns) or None,
                  "min_age_s": s.min_age_s, "max_attempts": s.max_attempts,
                  "batch_size": domain_for(cfg).predict_batch_size(cfg), "device": cfg.train.device,
-                 "stride_px": domain_for(cfg).map_stride(cfg)}
+                 "stride_px": domain_for(cfg).map_stride(cfg), "orchestration": cfg.orchestration.model_dump()}
         if predict is not None else None,
         retrain_schedule=retrain, predict_schedule=predict, timezone=s.timezone)
 

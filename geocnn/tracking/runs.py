@@ -21,6 +21,8 @@ from mlflow.entities import InputTag
 from mlflow.utils.git_utils import get_git_commit, get_git_repo_url
 
 from geocnn.config import AnyExperiment, flatten
+from geocnn.data.sources.uris import configure_endpoints, is_uri, storage_error
+from geocnn.errors import GeocnnError
 
 DEFAULT_DB = Path("data/mlflow/mlflow.db")
 DEFAULT_ARTIFACTS = Path("data/mlflow/artifacts")
@@ -36,6 +38,16 @@ def tracking_uri(configured: str | None = None) -> str:
         return uri
     DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{DEFAULT_DB.resolve()}"
+
+
+def current_uri() -> str:
+    """The tracking URI this process logs to now (handed to units of work running in other processes)."""
+    return mlflow.get_tracking_uri()
+
+
+def use_uri(uri: str) -> None:
+    """Log to ``uri`` from this process (a unit of work in a worker process of the run's task runner)."""
+    mlflow.set_tracking_uri(uri)
 
 
 def artifact_root() -> str:
@@ -80,15 +92,23 @@ def server_command(host: str = "127.0.0.1", port: int = 5000, db: Path | None = 
 
 
 def setup(cfg: AnyExperiment) -> str:
-    """Point MLflow at the configured store and experiment (created with a local artifact root); return its id."""
+    """Point MLflow at the configured store and experiment (created with tracking.artifact_location, else a local
+    artifact root); return its id."""
     uri = tracking_uri(cfg.tracking.tracking_uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    wanted = cfg.tracking.artifact_location
+    if wanted and is_uri(wanted):
+        configure_endpoints()  # MLFLOW_S3_ENDPOINT_URL from AWS_ENDPOINT_URL for an S3-compatible server
     if exp is None:
         local = not uri.startswith(("http://", "https://", "databricks"))
-        return client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root() if local else None,
-                                        tags=EXPERIMENT_KIND)
+        return client.create_experiment(cfg.tracking.experiment, tags=EXPERIMENT_KIND,
+                                        artifact_location=wanted or (artifact_root() if local else None))
+    if wanted and exp.artifact_location.rstrip("/") != wanted.rstrip("/"):
+        raise GeocnnError(f"tracking.artifact_location {wanted}: the MLflow experiment {cfg.tracking.experiment!r} "
+                          f"already keeps its artifacts at {exp.artifact_location}, and an experiment's artifact "
+                          "root cannot change. Choose a new tracking.experiment, or remove tracking.artifact_location.")
     if "mlflow.experimentKind" not in exp.tags:
         for key, value in EXPERIMENT_KIND.items():
             client.set_experiment_tag(exp.experiment_id, key, value)
@@ -189,11 +209,13 @@ class EpochMetrics(L.Callback):
         self.logged_through = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:  # data-parallel: rank 0 alone logs (every rank holds the same metrics)
+            return
         history = MlflowClient(mlflow.get_tracking_uri()).get_metric_history(self.run_id, self.prefix + "train/loss")
         self.logged_through = max((m.step for m in history), default=-1)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch <= self.logged_through:
+        if trainer.current_epoch <= self.logged_through or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
         opt = trainer.optimizers[0] if trainer.optimizers else None
@@ -212,10 +234,16 @@ def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
 
 
 def log_artifacts(run_id: str, paths: list[Path], folder: str | None = None) -> None:
-    """Upload files to the run."""
+    """Upload files to the run (a refused or missing artifact store is a GeocnnError naming it)."""
     client = MlflowClient(mlflow.get_tracking_uri())
     for p in paths:
-        client.log_artifact(run_id, str(p), folder)
+        try:
+            client.log_artifact(run_id, str(p), folder)
+        except Exception as exc:  # noqa: BLE001 - boto3/gcs errors from a remote artifact store
+            root = client.get_run(run_id).info.artifact_uri or ""
+            if not is_uri(root):
+                raise
+            raise storage_error(exc, root, "uploading MLflow artifacts") from None
 
 
 def client() -> MlflowClient:

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from geocnn.config import AnyExperiment, AugmentConfig, ModelConfig, TrainConfig
@@ -22,6 +23,7 @@ from geocnn.models.backbones import apply_transfer
 from geocnn.models.network import GeoNet, NetSpec
 from geocnn.training.module import GeoTask
 from geocnn.training.progress import EpochLines, bars_show
+from geocnn.training.ranks import is_global_zero
 from geocnn.training.resume import checkpoint_epoch, content_key, resume_checkpoint, write_state
 
 
@@ -81,7 +83,12 @@ def fit(view: SplitView, fs: FitSpec, callbacks: list[L.Callback] | None = None,
     Resumes from ``fs.out/checkpoints/last.ckpt`` when an earlier training with the same inputs did not complete
     (batches are seeded by epoch, dropout by step, and the augmentation stream's state is in the checkpoint, so
     the resumed training ends where an uninterrupted one would).
+
+    Data-parallel with ``train.devices``/``strategy``/``num_nodes`` (see :func:`trainer_for`): every rank calls
+    this with the same arguments; only global rank 0 writes the state file and checkpoints, and every rank returns
+    the same best network.
     """
+    zero = is_global_zero()
     L.seed_everything(fs.seed, workers=True, verbose=False)
     if fs.train.num_threads:
         torch.set_num_threads(fs.train.num_threads)
@@ -102,7 +109,7 @@ def fit(view: SplitView, fs: FitSpec, callbacks: list[L.Callback] | None = None,
     weights_per_class = net.task.class_weights(fs.model.class_weights, y[view.rows("train")], spec.target_info)
     monitor, mode = fs.train.monitor_metric, fs.train.monitor_direction
     task = GeoTask(net, fs.model, fs.train.optimizer, fs.augment, fs.train.epochs, dm.steps_per_epoch(),
-                   weights_per_class, seed=fs.seed, monitor=monitor)
+                   weights_per_class, seed=fs.seed, monitor=monitor, val_size=dm.val_size)
     if fs.train.compile:
         task.compile_forward()
     ckpt_dir = fs.out / "checkpoints"
@@ -112,27 +119,30 @@ def fit(view: SplitView, fs: FitSpec, callbacks: list[L.Callback] | None = None,
                            save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
     cbs: list[L.Callback] = [best, *(callbacks or [])]
     bars = progress and bars_show()
-    if progress and not bars:  # a log file or a pipe: one line per epoch instead of bars
+    if progress and not bars and zero:  # a log file or a pipe: one line per epoch instead of bars
         cbs.append(EpochLines(monitor))
     if fs.train.early_stopping_patience:
         cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=fs.train.early_stopping_patience))
     key = fs.key(view)
     resume = resume_checkpoint(fs.out, key, fs.train.resume)
     resumed_at = checkpoint_epoch(resume) + 1 if resume else None
-    if resume is None and ckpt_dir.exists():
+    if resume is None and ckpt_dir.exists() and zero:
         for old in ckpt_dir.glob("*.ckpt"):
-            old.unlink()
+            old.unlink(missing_ok=True)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    trainer = L.Trainer(
-        max_epochs=fs.train.epochs, accelerator=device.type, devices=1,
-        precision="bf16-mixed" if device.type == "cuda" else "32-true", gradient_clip_val=fs.train.grad_clip,
-        callbacks=cbs, logger=False, enable_model_summary=False, enable_progress_bar=bars,
-        num_sanity_val_steps=0, default_root_dir=str(fs.out), deterministic=False,
-        limit_train_batches=fs.train.limit_train_batches, log_every_n_steps=1)
-    write_state(fs.out, complete=False, fit_key=key)
+    trainer = trainer_for(fs.train, device, cbs, bars, fs.out)
+    check_global_batch(fs.train.batch_size, trainer.world_size)
+    if zero:
+        write_state(fs.out, complete=False, fit_key=key)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # val metrics are computed from every rank's gathered outputs: the same value on each, nothing to reduce
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        # Lightning's all_gather calls a torch API torch deprecated; a 1-channel stem's weight has a stride DDP's
+        # bucket reports (a size-1 dimension: the same memory order, nothing to fix)
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*Grad strides do not match bucket view strides.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
         # Lightning's own use of a torch pytree API torch deprecated: not ours to fix, nothing for a user to do
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
@@ -144,10 +154,42 @@ def fit(view: SplitView, fs: FitSpec, callbacks: list[L.Callback] | None = None,
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores further Ctrl-C
             raise Interrupted(trainer.current_epoch) from None
     best_path = Path(best.best_model_path or ckpt_dir / "last.ckpt")
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    if zero or best_path.exists():  # other ranks without the shared folder keep the (DDP-identical) last weights
+        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+        net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     net.eval()
     score = float(best.best_model_score) if best.best_model_score is not None else None
-    write_state(fs.out, complete=True, best_epoch_score=score)
+    if zero:
+        write_state(fs.out, complete=True, best_epoch_score=score)
     return FitResult(net=net.cpu(), best_checkpoint=best_path, epochs_run=trainer.current_epoch, best_score=score,
                      resumed=resume is not None, resumed_at_epoch=resumed_at)
+
+
+def trainer_for(train: TrainConfig, device: torch.device, callbacks: list[L.Callback], bars: bool,
+                root: Path) -> L.Trainer:
+    """The Lightning Trainer of ``train``: devices, strategy and nodes as configured (DDP over gloo on CPU, NCCL
+    with synchronised batch norm on CUDA); our samplers shard the batches by rank (no DistributedSampler)."""
+    if train.devices == "auto":
+        per_node = torch.cuda.device_count() if device.type == "cuda" else 1
+    else:
+        per_node = len(train.devices) if isinstance(train.devices, list) else train.devices
+    parallel = per_node * train.num_nodes > 1
+    try:
+        return L.Trainer(
+            max_epochs=train.epochs, accelerator=device.type, devices=train.devices, strategy=train.strategy,
+            num_nodes=train.num_nodes, use_distributed_sampler=False,
+            sync_batchnorm=parallel and device.type == "cuda" and train.strategy != "fsdp",
+            precision="bf16-mixed" if device.type == "cuda" else "32-true", gradient_clip_val=train.grad_clip,
+            callbacks=callbacks, logger=False, enable_model_summary=False, enable_progress_bar=bars,
+            num_sanity_val_steps=0, default_root_dir=str(root), deterministic=False,
+            limit_train_batches=train.limit_train_batches, log_every_n_steps=1)
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        raise GeocnnError(f"train.devices={train.devices!r}, train.strategy={train.strategy!r}, train.num_nodes="
+                          f"{train.num_nodes} on {device.type}: {exc}") from None
+
+
+def check_global_batch(batch_size: int, world: int) -> None:
+    """``train.batch_size`` is the global batch: it must split evenly over the data-parallel processes."""
+    if batch_size % world:
+        raise GeocnnError(f"train.batch_size={batch_size} is the global batch, split over {world} processes "
+                          f"(train.devices x train.num_nodes); set it to a multiple of {world}")

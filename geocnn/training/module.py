@@ -18,7 +18,7 @@ class GeoTask(L.LightningModule):
 
     def __init__(self, net: GeoNet, model: ModelConfig, optim: OptimConfig, augment: AugmentConfig, epochs: int,
                  steps_per_epoch: int, class_weights: torch.Tensor | None = None, seed: int = 0,
-                 monitor: str | None = None) -> None:
+                 monitor: str | None = None, val_size: int | None = None) -> None:
         super().__init__()
         self.net = net
         self.model_cfg = model
@@ -36,6 +36,8 @@ class GeoTask(L.LightningModule):
         self._forward = net.forward_normalised  # torch.compile'd by compile_forward(); weights stay shared
         self._val_out: list[torch.Tensor] = []
         self._val_y: list[torch.Tensor] = []
+        self.val_size = val_size
+        """Validation rows: under DDP the ranks' padded shares are gathered and cut back to this many."""
 
     def compile_forward(self) -> None:
         """Compile the training forward with torch.compile (the state dict keeps its plain names)."""
@@ -48,8 +50,9 @@ class GeoTask(L.LightningModule):
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
         # Dropout draws from the global generator, seeded by (seed, optimiser step); augmentation draws from one
         # stream whose state is saved in every checkpoint. A training resumed from a checkpoint therefore
-        # continues exactly as one that never stopped.
-        torch.manual_seed(self.seed * 1_000_003 + self.trainer.global_step)
+        # continues exactly as one that never stopped. Under DDP each rank draws its own masks and augmentations
+        # (seeded by rank too; the augmentation stream is reseeded every step, since a checkpoint holds rank 0's).
+        torch.manual_seed(self.seed * 1_000_003 + self.trainer.global_step + self.trainer.global_rank * 7_919)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._gen is not None:
@@ -72,25 +75,35 @@ class GeoTask(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        x = augment_batch(self.net.normalise(x), self.augment_cfg, self._augment_generator(x.device))
+        gen = self._augment_generator(x.device)
+        if self.trainer.world_size > 1:
+            gen.manual_seed((self.seed + 17) * 1_000_003 + self.trainer.global_step * 65_537 + self.trainer.global_rank)
+        x = augment_batch(self.net.normalise(x), self.augment_cfg, gen)
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = self.loss(self._forward(x), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0], prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0], prog_bar=True,
+                 sync_dist=True)  # DDP: the mean over ranks (equal slices of the global batch)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         out = forward_views(self.net, x, views=1, output="raw")  # the forward loop prediction uses, one view
-        self.log("val/loss", self.loss(out, y), on_step=False, on_epoch=True, batch_size=x.shape[0], prog_bar=True)
-        self._val_out.append(self.net.to_prediction(out).detach())
+        self._val_out.append(out.detach())
         self._val_y.append(y.detach())
 
     def on_validation_epoch_end(self) -> None:
+        """val/loss and the task's val metrics of the WHOLE validation set (under DDP: every rank's share gathered,
+        padding dropped), so every rank logs the same values and checkpoints the same best epoch."""
         if not self._val_out:
             return
-        pred, y = torch.cat(self._val_out), torch.cat(self._val_y)
+        out, y = torch.cat(self._val_out), torch.cat(self._val_y)
         self._val_out, self._val_y = [], []
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            out, y = (gather_shares(self.all_gather(t), self.val_size) for t in (out, y))
+        self.log("val/loss", self.loss(out, y), prog_bar=True)
+        pred = self.net.to_prediction(out)
         for name, value in self.net.task.val_metrics(pred, y, self.net.spec.target_info).items():
             self.log(name, value, prog_bar=name == self.monitor)  # the progress bar shows the monitored metric
 
@@ -106,3 +119,11 @@ class GeoTask(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, self.steps_per_epoch, self.epochs, cfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def gather_shares(gathered: torch.Tensor, n: int | None) -> torch.Tensor:
+    """All ranks' strided shares ((world, per rank, ...) from all_gather) back in position order, padding dropped."""
+    if n is None:
+        raise ValueError("GeoTask.val_size is needed to gather validation shares under DDP")
+    world, per = gathered.shape[:2]
+    return gathered.transpose(0, 1).reshape(world * per, *gathered.shape[2:])[:n]

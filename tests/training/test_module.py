@@ -129,6 +129,7 @@ def test_dropout_draws_depend_on_the_optimiser_step_only() -> None:
 
     class Trainer:
         global_step = 7
+        global_rank = 0
 
     task._trainer = Trainer()  # type: ignore[assignment]
     task.on_train_batch_start(None, 0)

@@ -1,10 +1,16 @@
-"""Galaxy catalogs: Kaggle Galaxy Zoo, GZ DECaLS/Zoobot, class folders and any CSV/Parquet, read as a Catalog."""
+"""Galaxy catalogs: Kaggle Galaxy Zoo, GZ DECaLS/Zoobot, class folders and any CSV/Parquet, read as a Catalog.
+
+Catalogs and image folders may be local paths or object-storage / HTTP URIs (s3://, gs://, https://), read through
+fsspec; a catalog's relative image paths then resolve against its folder URI, never above the bucket.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +35,18 @@ from geocnn.data.catalog import (
     validate_targets,
 )
 from geocnn.data.schema import KAGGLE_TREE
-from geocnn.data.sources.images import IMAGE_SUFFIXES, file_root, resolve_files, walk_images
+from geocnn.data.sources import uris
+from geocnn.data.sources.images import (
+    IMAGE_SUFFIXES,
+    file_root,
+    folder_of,
+    location,
+    relative_name,
+    resolve_files,
+    subfolders,
+    walk_images,
+)
+from geocnn.data.sources.uris import is_uri
 from geocnn.errors import GeocnnError
 
 KAGGLE_ID = "GalaxyID"
@@ -48,6 +65,12 @@ def read_class_names(value: list[str] | dict[str, str] | str) -> list[str] | dic
     """data.class_names as given, or read from its YAML/JSON/CSV file (CSV: code and name columns)."""
     if not isinstance(value, str):
         return value
+    if is_uri(value):
+        if not uris.is_file(value):
+            raise GeocnnError(f"data.class_names: {value} is not a file; give a list, a {{code: name}} mapping, or "
+                              "a YAML/JSON/CSV file holding one")
+        with uris.local_copy(value) as local:
+            return read_class_names(str(local))
     path = Path(value).expanduser()
     if not path.is_file():
         raise GeocnnError(f"data.class_names: {path} is not a file; give a list, a {{code: name}} mapping, or a "
@@ -70,14 +93,14 @@ def read_galaxy_catalog(data: GalaxyData) -> Catalog:
         data: the ``data`` section of the config; ``data.format`` picks the reader (kaggle, zoobot, folders, csv).
 
     Returns:
-        A Catalog with absolute image paths that all exist, unique string ids, the target columns and every other
-        column of the catalog file (class folders: int64 class codes with ``classes`` naming them).
+        A Catalog with absolute image paths (or object URIs) that all exist, unique string ids, the target columns
+        and every other column of the catalog file (class folders: int64 class codes with ``classes`` naming them).
 
     Raises:
         GeocnnError: on any problem with the config, the catalog file, its columns, rows or images.
     """
     fmt = data.format
-    images = Path(data.images).expanduser() if data.images else None
+    images = location(data.images) if data.images else None
     targets = list(data.targets) or None
     if fmt == "synthetic":
         raise GeocnnError("data.format 'synthetic' is generated, not read from files; the galaxy readers handle "
@@ -91,7 +114,7 @@ def read_galaxy_catalog(data: GalaxyData) -> Catalog:
         return read_folders(images)
     if not data.catalog:
         raise GeocnnError(f"data.format {fmt!r} needs data.catalog: the path of the catalog file (CSV/Parquet).")
-    path = Path(data.catalog).expanduser()
+    path = location(data.catalog)
     if fmt == "kaggle":
         return read_kaggle(path, images, targets, id_column=data.id_column or KAGGLE_ID,
                            group_column=data.group_column, allow_outside_root=data.allow_outside_root)
@@ -111,7 +134,7 @@ def read_galaxy_catalog(data: GalaxyData) -> Catalog:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def read_kaggle(catalog: Path, images: Path | None = None, targets: list[str] | None = None, *,
+def read_kaggle(catalog: Path | str, images: Path | str | None = None, targets: list[str] | None = None, *,
                 allow_outside_root: bool = False,
                 id_column: str = KAGGLE_ID, group_column: str | None = None) -> Catalog:
     """Read a Kaggle "Galaxy Zoo - The Galaxy Challenge" catalog (``GalaxyID`` + Class1.1..Class11.6).
@@ -130,10 +153,11 @@ def read_kaggle(catalog: Path, images: Path | None = None, targets: list[str] | 
     Raises:
         GeocnnError: on a missing file, empty catalog, absent column, duplicate id, bad value or missing image.
     """
-    catalog = Path(catalog)
+    catalog = location(catalog)
     if images is None:
-        beside = catalog.parent / KAGGLE_IMAGE_DIR
-        images = beside if beside.is_dir() else catalog.parent
+        folder = folder_of(catalog)
+        beside = uris.join(str(folder), KAGGLE_IMAGE_DIR) if is_uri(folder) else folder / KAGGLE_IMAGE_DIR
+        images = beside if (uris.is_dir(beside) if is_uri(beside) else beside.is_dir()) else folder
     targets = list(targets) if targets else list(KAGGLE_TREE.columns)
     cat = _table_catalog(catalog, images, id_column=id_column, id_candidates=(), file_column=None,
                          file_candidates=(), targets=targets, group_column=group_column,
@@ -144,7 +168,7 @@ def read_kaggle(catalog: Path, images: Path | None = None, targets: list[str] | 
     return cat
 
 
-def read_zoobot(catalog: Path, images: Path | None = None, targets: list[str] | None = None, *,
+def read_zoobot(catalog: Path | str, images: Path | str | None = None, targets: list[str] | None = None, *,
                 allow_outside_root: bool = False,
                 id_column: str | None = None, file_column: str | None = None,
                 group_column: str | None = None) -> Catalog:
@@ -170,12 +194,12 @@ def read_zoobot(catalog: Path, images: Path | None = None, targets: list[str] | 
     Raises:
         GeocnnError: on a missing file, empty catalog, absent column, duplicate id or missing image.
     """
-    return _table_catalog(Path(catalog), images, id_column=id_column, id_candidates=ZOOBOT_ID_COLUMNS,
+    return _table_catalog(location(catalog), images, id_column=id_column, id_candidates=ZOOBOT_ID_COLUMNS,
                           file_column=file_column, file_candidates=ZOOBOT_FILE_COLUMNS, targets=targets,
-                          group_column=group_column)
+                          group_column=group_column, allow_outside_root=allow_outside_root)
 
 
-def read_csv_catalog(catalog: Path, images: Path | None = None, id_column: str = "id",
+def read_csv_catalog(catalog: Path | str, images: Path | str | None = None, id_column: str = "id",
                      file_column: str | None = "file", targets: list[str] | None = None, *,
                      group_column: str | None = None, require_targets: bool = True,
                      allow_outside_root: bool = False) -> Catalog:
@@ -195,18 +219,18 @@ def read_csv_catalog(catalog: Path, images: Path | None = None, id_column: str =
     Raises:
         GeocnnError: on a missing file, empty catalog, absent column, duplicate id or missing image.
     """
-    return _table_catalog(Path(catalog), images, id_column=id_column, id_candidates=(), file_column=file_column,
+    return _table_catalog(location(catalog), images, id_column=id_column, id_candidates=(), file_column=file_column,
                           file_candidates=(), targets=targets, group_column=group_column,
                           require_targets=require_targets, allow_outside_root=allow_outside_root)
 
 
-def read_folders(root: Path) -> Catalog:
+def read_folders(root: Path | str) -> Catalog:
     """Read an image-folder dataset: one subfolder per class, images (jpg/jpeg/png/fits) inside; or the same under
     train/, validation/ (val/, valid/, dev/) and test/ folders, the data set's own split (column ``split``).
 
     Args:
-        root: folder holding the class subfolders, or the split folders (hidden folders are ignored; images may
-            be nested).
+        root: folder (or folder URI) holding the class subfolders, or the split folders (hidden folders are
+            ignored; images may be nested).
 
     Returns:
         A Catalog with int64 codes in column ``label``, ``classes`` = the sorted folder names (numbers sorted
@@ -217,28 +241,30 @@ def read_folders(root: Path) -> Catalog:
             there are fewer than 2 classes, two files would get the same id, or split folders are mixed with
             other folders (an ambiguous layout).
     """
-    root = Path(root)
-    if not root.is_dir():
+    root = location(root)
+    if is_uri(root):
+        root = str(root).rstrip("/")
+    if not (uris.is_dir(root) if is_uri(root) else Path(root).is_dir()):
         raise GeocnnError(f"{root}: image folder (data.images) does not exist or is not a folder. Point data.images "
                           "at a folder with one subfolder per class.")
-    top = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    top = subfolders(root)
     if not top:
         raise GeocnnError(f"{root}: no class subfolders found. data.format 'folders' expects one subfolder per class "
                           "(e.g. spiral/, elliptical/) with the images inside.")
-    named = [d for d in top if d.name.lower() in SPLIT_NAMES]
+    named = [d for d in top if _leaf(d).lower() in SPLIT_NAMES]
     if named and len(named) != len(top):
-        others = [d.name for d in top if d not in named]
-        raise GeocnnError(f"{root}: ambiguous layout: split folders {[d.name for d in named]} beside other folders "
+        others = [_leaf(d) for d in top if d not in named]
+        raise GeocnnError(f"{root}: ambiguous layout: split folders {[_leaf(d) for d in named]} beside other folders "
                           f"{others}. Either one folder per class, or only train/ validation/ test/ folders each "
                           "holding the class folders; move or rename the others.")
-    parts = [(SPLIT_NAMES[d.name.lower()], d) for d in named] if named else [(None, root)]
+    parts = [(SPLIT_NAMES[_leaf(d).lower()], d) for d in named] if named else [(None, root)]
     ids: list[str] = []
     files: list[str] = []
     labels: list[str] = []
     splits: list[str] = []
-    seen: dict[str, Path] = {}
+    seen: dict[str, Path | str] = {}
     for part, folder in parts:
-        class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        class_dirs = subfolders(folder)
         if part is not None and not class_dirs:
             raise GeocnnError(f"{folder}: a split folder without class folders; put its images in one subfolder per "
                               "class (e.g. train/spiral/, train/elliptical/)")
@@ -248,15 +274,15 @@ def read_folders(root: Path) -> Catalog:
                 raise GeocnnError(f"{class_dir}: class folder contains no images ({', '.join(IMAGE_SUFFIXES)}, any "
                                   "case). Add images or remove the folder.")
             for path in found:
-                rel = path.relative_to(class_dir).with_suffix("").as_posix()
-                sample_id = f"{class_dir.name}/{rel}"
+                rel = os.path.splitext(relative_name(path, class_dir))[0]
+                sample_id = f"{_leaf(class_dir)}/{rel}"
                 if sample_id in seen:
                     raise GeocnnError(f"{path} and {seen[sample_id]} would both get id {sample_id!r}; ids must be "
                                       "unique. Rename or remove one of them.")
                 seen[sample_id] = path
                 ids.append(sample_id)
-                files.append(os.path.abspath(path))
-                labels.append(class_dir.name)
+                files.append(str(path) if is_uri(path) else os.path.abspath(path))
+                labels.append(_leaf(class_dir))
                 splits.append(part or "")
     names = sorted(set(labels))
     if len(names) < 2:
@@ -274,11 +300,40 @@ def read_folders(root: Path) -> Catalog:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _is_parquet(path: Path) -> bool:
-    return path.suffix.lower() in (".parquet", ".pq")
+def _leaf(path: Path | str) -> str:
+    """The last part of a folder path or folder URI."""
+    return os.path.basename(str(path).rstrip("/"))
 
 
-def _check_catalog_file(path: Path) -> None:
+def _suffix(path: Path | str) -> str:
+    return os.path.splitext(uris.name(str(path)) if is_uri(path) else Path(path).name)[1].lower()
+
+
+def _is_parquet(path: Path | str) -> bool:
+    return _suffix(path) in (".parquet", ".pq")
+
+
+@contextlib.contextmanager
+def _opened(path: Path | str) -> Iterator[Any]:
+    """A local catalog file as its path; a catalog URI as an open fsspec file (read without a local copy)."""
+    if is_uri(path):
+        with uris.open_uri(str(path)) as handle:
+            yield handle
+    else:
+        yield path
+
+
+def _check_catalog_file(path: Path | str) -> None:
+    if is_uri(path):
+        meta = uris.info(str(path))
+        if meta is None:
+            raise GeocnnError(f"{path}: catalog object does not exist. Fix data.catalog (the URI of a CSV/Parquet "
+                              "file).")
+        if meta.get("type") == "directory":
+            raise GeocnnError(f"{path}: data.catalog is a folder, not a catalog file (CSV/Parquet). For one "
+                              "subfolder per class use data.format=folders with data.images.")
+        return
+    path = Path(path)
     if not path.exists():
         raise GeocnnError(f"{path}: catalog file does not exist. Fix data.catalog (relative paths are relative to "
                           "the working directory).")
@@ -287,13 +342,16 @@ def _check_catalog_file(path: Path) -> None:
                           "per class use data.format=folders with data.images.")
 
 
-def _read_header(path: Path) -> list[str]:
-    """Column names of a catalog file."""
+def _read_header(path: Path | str) -> list[str]:
+    """Column names of a catalog file (of a URI: its header line or Parquet footer only)."""
     _check_catalog_file(path)
     try:
-        if _is_parquet(path):
-            return list(pq.read_schema(path).names)
-        return [str(c) for c in pd.read_csv(path, nrows=0, sep=_sep(path)).columns]
+        with _opened(path) as source:
+            if _is_parquet(path):
+                return list(pq.read_schema(source).names)
+            return [str(c) for c in pd.read_csv(source, nrows=0, sep=_sep(path)).columns]
+    except GeocnnError:
+        raise
     except pd.errors.EmptyDataError:
         raise GeocnnError(f"{path}: the catalog file is empty (no header, no rows). Point data.catalog at a "
                           "catalog with a header line and samples.") from None
@@ -302,18 +360,21 @@ def _read_header(path: Path) -> list[str]:
                           "Parquet file.") from None
 
 
-def _sep(path: Path) -> str:
-    return "\t" if path.suffix.lower() == ".tsv" else ","
+def _sep(path: Path | str) -> str:
+    return "\t" if _suffix(path) == ".tsv" else ","
 
 
-def _read_table(path: Path, text_columns: Sequence[str]) -> pd.DataFrame:
-    """Read a CSV/Parquet catalog, the given columns as text (so ids keep leading zeros)."""
+def _read_table(path: Path | str, text_columns: Sequence[str]) -> pd.DataFrame:
+    """Read a CSV/Parquet catalog (a file or a URI), the given columns as text (so ids keep leading zeros)."""
     _check_catalog_file(path)
     try:
-        if _is_parquet(path):
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, sep=_sep(path), dtype={c: str for c in text_columns})
+        with _opened(path) as source:
+            if _is_parquet(path):
+                frame = pd.read_parquet(source)
+            else:
+                frame = pd.read_csv(source, sep=_sep(path), dtype={c: str for c in text_columns})
+    except GeocnnError:
+        raise
     except pd.errors.EmptyDataError:
         raise GeocnnError(f"{path}: the catalog file is empty (no header, no rows). Point data.catalog at a "
                           "catalog with a header line and samples.") from None
@@ -333,7 +394,7 @@ def _ids_as_text(values: pd.Series) -> pd.Series:
     return values.map(lambda v: v if v is None or (isinstance(v, float) and v != v) else str(v))
 
 
-def _table_catalog(path: Path, images: Path | str | None, *, id_column: str | None, id_candidates: Sequence[str],
+def _table_catalog(path: Path | str, images: Path | str | None, *, id_column: str | None, id_candidates: Sequence[str],
                    file_column: str | None, file_candidates: Sequence[str], targets: list[str] | None,
                    group_column: str | None, templates: Sequence[str] = (),
                    require_targets: bool = True, allow_outside_root: bool = False) -> Catalog:
@@ -382,7 +443,7 @@ def _table_catalog(path: Path, images: Path | str | None, *, id_column: str | No
 
     root = file_root(path, images)
     files = raw[file_column] if file_column else None
-    image_paths = resolve_files(ids, files, file_column, root, path.parent, templates, source, allow_outside_root)
+    image_paths = resolve_files(ids, files, file_column, root, folder_of(path), templates, source, allow_outside_root)
 
     frame = pd.DataFrame({ID: ids.to_numpy(dtype=object), IMAGE: image_paths})
     frame[ID] = frame[ID].astype(str)

@@ -1,4 +1,5 @@
-"""Per-sample image files: JPEG/PNG, FITS, GeoTIFF and .npy/.npz read as (bands, H, W); find by id; confine paths."""
+"""Per-sample image files (local or s3://, gs://, https:// URIs): JPEG/PNG, FITS, GeoTIFF and .npy/.npz read as
+(bands, H, W); find by id; confine paths."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 from rasterio.windows import Window
 
+from geocnn.data.sources import uris
 from geocnn.data.sources.raster import open_scene, select_bands
+from geocnn.data.sources.uris import is_uri, list_files, local_copy
 from geocnn.errors import GeocnnError
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -55,9 +58,14 @@ def read_image(path: str | Path, channels: str = "rgb", bands: Sequence[str | in
         GeocnnError: naming the file when it is missing, damaged, of an unknown type, has another layout, or lacks
             a requested band (listing those it has).
     """
-    path = Path(path)
     if channels not in ("rgb", "gray"):
         raise GeocnnError(f"channels must be 'rgb' or 'gray' (data.channels), not {channels!r}.")
+    if is_uri(path):  # GeoTIFFs through GDAL (windowed reads), other files downloaded whole through fsspec
+        if str(path).lower().endswith(TIFF_SUFFIXES):
+            return _read_tiff(path, bands, nodata)  # type: ignore[arg-type]
+        with local_copy(str(path)) as local:
+            return read_image(local, channels, bands, nodata)
+    path = Path(path)
     if not path.is_file():
         raise GeocnnError(f"{path}: image file does not exist. Fix the path in the catalog or data.images.")
     suffix = path.suffix.lower()
@@ -199,8 +207,59 @@ def crop_resize(image: np.ndarray, crop: int | None, size: int, source: str = "i
     return out.astype(cut.dtype, copy=False) if cut.dtype.kind == "f" else out
 
 
-def walk_images(root: Path) -> list[Path]:
-    """All image files under ``root`` (one os.walk, sorted, hidden entries skipped)."""
+def location(path: str | Path) -> Path | str:
+    """A local path (``~`` expanded) as a Path; a remote URI (s3://, gs://, https://) as text, unchanged (Path()
+    would turn ``s3://`` into ``s3:/``)."""
+    return str(path) if is_uri(path) else Path(path).expanduser()
+
+
+def folder_of(path: str | Path) -> Path | str:
+    """The folder holding a local file, or the folder URI holding a remote object."""
+    return uris.parent(str(path)) if is_uri(path) else Path(path).parent
+
+
+def _name(path: str | Path) -> str:
+    return uris.name(str(path)) if is_uri(path) else Path(path).name
+
+
+def _stem(path: str | Path) -> str:
+    return os.path.splitext(_name(path))[0]
+
+
+def _suffix(path: str | Path) -> str:
+    return os.path.splitext(_name(path))[1].lower()
+
+
+def _below(uri: str, base: str) -> bool:
+    """Whether ``uri`` lies below the folder URI ``base``."""
+    return uri.startswith(base.rstrip("/") + "/")
+
+
+def _under(base: Path | str, relative: str) -> Path | str:
+    """``relative`` below a local folder or a folder URI (``..`` resolved, never above the bucket)."""
+    return uris.join(base, relative) if is_uri(base) else Path(base) / Path(relative).expanduser()
+
+
+def relative_name(path: str | Path, root: str | Path) -> str:
+    """The POSIX path of a file (or object URI) below ``root``."""
+    if is_uri(path):
+        text = str(path)
+        return text[len(str(root).rstrip("/")) + 1:] if _below(text, str(root)) else uris.name(text)
+    return Path(path).relative_to(root).as_posix()
+
+
+def _walk_order(relative: str) -> list[tuple[int, str]]:
+    """Sort key putting a listing in os.walk order: a folder's files (sorted) before its subfolders (sorted)."""
+    parts = relative.split("/")
+    return [(1, p) for p in parts[:-1]] + [(0, parts[-1])]
+
+
+def walk_images(root: Path | str) -> list[Path] | list[str]:
+    """All image files under ``root`` (sorted as os.walk visits them, hidden entries skipped): one os.walk, or one
+    listing of a folder URI (``s3://bucket/cutouts/``), whose files come back as URIs."""
+    if is_uri(root):
+        found = [u for u in list_files(str(root)) if _suffix(u) in IMAGE_SUFFIXES]
+        return sorted(found, key=lambda u: _walk_order(relative_name(u, root)))
     out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -210,61 +269,125 @@ def walk_images(root: Path) -> list[Path]:
     return out
 
 
-def find_image_files(root: Path) -> dict[str, Path]:
-    """Index every image under ``root`` by file stem, with one walk of the tree.
+def subfolders(root: Path | str) -> list[Path] | list[str]:
+    """The (non-hidden) folders directly inside a local folder or a folder URI, sorted by name."""
+    if is_uri(root):
+        base = str(root).rstrip("/")
+        relative = (relative_name(u, base) for u in list_files(base))
+        return [f"{base}/{n}" for n in sorted({r.split("/", 1)[0] for r in relative if "/" in r})]
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _index(paths: Sequence[Path | str]) -> dict[str, Path | str]:
+    index: dict[str, Path | str] = {}
+    rank = {s: i for i, s in enumerate(IMAGE_SUFFIXES)}
+    for path in paths:
+        old = index.get(_stem(path))
+        if old is None or rank[_suffix(path)] < rank[_suffix(old)]:
+            index[_stem(path)] = path
+    return index
+
+
+def find_image_files(root: Path | str) -> dict[str, Path | str]:
+    """Index every image under ``root`` (a folder or a folder URI) by file stem, with one walk or listing.
 
     When a stem occurs more than once the path chosen is deterministic: the preferred suffix (in
     ``IMAGE_SUFFIXES`` order), then the first path in sorted order.
     """
-    index: dict[str, Path] = {}
-    rank = {s: i for i, s in enumerate(IMAGE_SUFFIXES)}
-    for path in walk_images(Path(root)):
-        old = index.get(path.stem)
-        if old is None or rank[path.suffix.lower()] < rank[old.suffix.lower()]:
-            index[path.stem] = path
-    return index
+    return _index(walk_images(location(root)))
 
 
-def inside(path: Path, roots: Sequence[Path]) -> bool:
-    """Whether ``path`` (symlinks resolved) lies inside one of ``roots``."""
+def inside(path: Path | str, roots: Sequence[Path | str]) -> bool:
+    """Whether ``path`` (symlinks resolved) lies inside one of ``roots``; a URI inside one of the folder URIs."""
+    if is_uri(path):
+        return any(is_uri(r) and _below(str(path), str(r)) for r in roots)
     real = Path(os.path.realpath(path))
-    return any(real.is_relative_to(os.path.realpath(r)) for r in roots)
+    return any(not is_uri(r) and real.is_relative_to(os.path.realpath(r)) for r in roots)
 
 
-def file_root(catalog: Path, images: Path | str | None, key: str = "data.images") -> Path:
-    """The folder relative file paths resolve against: ``images`` (checked to exist), else the catalog's folder."""
+def file_root(catalog: Path | str, images: Path | str | None, key: str = "data.images") -> Path | str:
+    """The folder relative file paths resolve against: ``images`` (checked to exist; a folder URI such as
+    ``s3://bucket/cutouts/`` is a prefix holding objects), else the catalog's folder."""
     if images is None:
-        return catalog.parent
-    root = Path(images).expanduser()
-    if not root.is_dir():
-        raise GeocnnError(f"{root}: folder ({key}) does not exist or is not a folder. Fix {key} "
-                          f"or leave it out to use the catalog's folder ({catalog.parent}).")
-    return root
+        return folder_of(catalog)
+    root = location(images)
+    if is_uri(root):
+        root = str(root).rstrip("/")
+        if uris.scheme(root) not in ("s3", "gs") or uris.is_dir(root):  # HTTP has no folders to check
+            return root
+    elif root.is_dir():
+        return root
+    raise GeocnnError(f"{root}: folder ({key}) does not exist or is not a folder. Fix {key} "
+                      f"or leave it out to use the catalog's folder ({folder_of(catalog)}).")
 
 
-def resolve_files(ids: pd.Series, files: pd.Series | None, file_column: str | None, root: Path, catalog_dir: Path,
-                  templates: Sequence[str], source: str, allow_outside_root: bool = False,
+class _Files:
+    """Existence checks of candidate image paths: local files by stat; objects below an s3:// or gs:// base by one
+    listing of that base (not a request per row); other URIs by a request each."""
+
+    def __init__(self, bases: Sequence[Path | str]) -> None:
+        self.bases = [str(b) for b in bases if is_uri(b) and uris.scheme(str(b)) in ("s3", "gs")]
+        self.listed: dict[str, list[str]] = {}
+        self.known: dict[str, set[str]] = {}
+
+    def listing(self, base: str) -> list[str]:
+        if base not in self.listed:
+            self.listed[base] = list_files(base)
+            self.known[base] = set(self.listed[base])
+        return self.listed[base]
+
+    def is_file(self, path: Path | str) -> bool:
+        if not is_uri(path):
+            return Path(path).is_file()
+        text = str(path)
+        base = next((b for b in self.bases if _below(text, b)), None)
+        hidden = base is not None and any(p.startswith(".") for p in relative_name(text, base).split("/"))
+        if base is None or hidden:  # listings skip hidden parts
+            return uris.is_file(text)
+        self.listing(base)
+        return text in self.known[base]
+
+    def images(self, root: Path | str) -> list[Path] | list[str]:
+        if str(root) in self.bases:
+            found = [u for u in self.listing(str(root)) if _suffix(u) in IMAGE_SUFFIXES]
+            return sorted(found, key=lambda u: _walk_order(relative_name(u, root)))
+        return walk_images(root)
+
+
+def _same(a: Path | str, b: Path | str) -> bool:
+    if is_uri(a) or is_uri(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def resolve_files(ids: pd.Series, files: pd.Series | None, file_column: str | None, root: Path | str,
+                  catalog_dir: Path | str, templates: Sequence[str], source: str, allow_outside_root: bool = False,
                   key: str = "data.images") -> list[str]:
-    """Absolute path of every row's image: the file column (against ``root``, then the catalog folder),
+    """Absolute path (or URI) of every row's image: the file column (against ``root``, then the catalog folder),
     the templates, else a by-name lookup in one index of ``root``; every path is checked to exist and, unless
-    allowed, to lie inside ``root`` or the catalog folder (symlinks resolved)."""
-    bases = [root] if root.resolve() == catalog_dir.resolve() else [root, catalog_dir]
-    index: dict[str, Path] | None = None
+    allowed, to lie inside ``root`` or the catalog folder (symlinks resolved; for folder URIs, below them: a
+    relative path never climbs above the bucket)."""
+    bases = [root] if _same(root, catalog_dir) else [root, catalog_dir]
+    lookup = _Files(bases)
+    index: dict[str, Path | str] | None = None
     out: list[str] = []
     missing: list[tuple[int, str]] = []
     for i, sample_id in enumerate(ids.tolist()):
-        tried: list[Path] = []
+        tried: list[Path | str] = []
         value = files.iloc[i] if files is not None else None
         names: list[str] = []
         if isinstance(value, str) and value.strip():
-            rel = Path(value.strip()).expanduser()
-            tried += [rel] if rel.is_absolute() else [b / rel for b in bases]
-            names.append(rel.stem)
-        tried += [root / t.format(id=sample_id) for t in templates]
-        found = next((p for p in tried if p.is_file()), None)
+            text = value.strip()
+            if is_uri(text) or Path(text).expanduser().is_absolute():
+                tried.append(location(text))
+            else:
+                tried += [_under(b, text) for b in bases]
+            names.append(_stem(text))
+        tried += [_under(root, t.format(id=sample_id)) for t in templates]
+        found = next((p for p in tried if lookup.is_file(p)), None)
         if found is None:
             if index is None:
-                index = find_image_files(root)
+                index = _index(lookup.images(root))
             names.append(sample_id)
             found = next((index[n] for n in names if n in index), None)
         if found is None:
@@ -274,14 +397,15 @@ def resolve_files(ids: pd.Series, files: pd.Series | None, file_column: str | No
                 what = "tried " + ", ".join(str(p) for p in tried) if tried else "no file column"
             missing.append((i, f"{what}; no {sample_id}.png/.jpg/.jpeg/.fits/.tif/.npy/.npz under {root}"))
             continue
+        real = str(found) if is_uri(found) else os.path.realpath(found)
         if not allow_outside_root and not inside(found, bases):
             raise GeocnnError(
                 f"{source}: row {i + 2} (id {sample_id!r}): the image path {str(value or found)!r} resolves to "
-                f"{os.path.realpath(found)}, outside the data root ({', '.join(str(b) for b in bases)}). Catalog "
+                f"{real}, outside the data root ({', '.join(str(b) for b in bases)}). Catalog "
                 f"paths may not leave the image folder or the catalog's folder: move the files there, point "
                 f"{key} at their folder, or set data.allow_outside_root: true (geocnn predict: "
                 "--allow-outside-root) if this is intended.")
-        out.append(os.path.abspath(found))
+        out.append(str(found) if is_uri(found) else os.path.abspath(found))
     if missing:
         i, detail = missing[0]
         more = f" ({len(missing)} of {len(ids)} rows have no image; first rows: " \
@@ -290,3 +414,8 @@ def resolve_files(ids: pd.Series, files: pd.Series | None, file_column: str | No
                           f"Fix the path in the catalog, point {key} at the folder holding the files, "
                           "or remove the row.")
     return out
+
+
+def is_folder(path: str | Path) -> bool:
+    """Whether a local path or a URI (a prefix holding objects) is a folder."""
+    return uris.is_dir(str(path)) if is_uri(path) else Path(path).expanduser().is_dir()

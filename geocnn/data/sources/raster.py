@@ -18,6 +18,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import transform
 from rasterio.windows import Window
 
+from geocnn.data.sources.uris import gdal_path, is_uri, storage_error
 from geocnn.errors import GeocnnError
 
 BAND_TOKEN = "{band}"
@@ -98,6 +99,13 @@ class Scene:
         for ds, _ in self._members:
             ds.close()
 
+    def info(self, source: str | None = None) -> "SceneInfo":
+        """The scene's grid and bands without its open files (what placing a chip needs)."""
+        return SceneInfo(source=source if source is not None else str(self._spec["source"]), paths=list(self.paths),
+                         crs=self.crs, transform=self.transform, width=self.width, height=self.height,
+                         count=self.count, band_names=list(self.band_names), res=self.res,
+                         bounds=tuple(self.bounds))
+
     def read(self, window: Window, out_shape: tuple[int, int] | None = None,
              resampling: Resampling = Resampling.bilinear) -> np.ndarray:
         """Read a (float) window of every band, resampled to ``out_shape``.
@@ -132,6 +140,25 @@ class Scene:
         out[:, ~rows_in, :] = np.nan
         out[:, :, ~cols_in] = np.nan
         return out
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """A scene's grid and bands, kept after its files are closed (mosaics of many scenes open them on demand).
+
+    It has the attributes of :class:`Scene` that place a chip (``chip_window``, ``pixel_of``), but no ``read``.
+    """
+
+    source: str
+    paths: list[str]
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    band_names: list[str]
+    res: tuple[float, float]
+    bounds: tuple[float, float, float, float]
 
 
 def open_scene(source: str | Path | Sequence[str | Path], bands: Sequence[str | int] | None = None,
@@ -232,7 +259,7 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def chip_window(scene: Scene, lon: float, lat: float, size_m: float | None = None,
+def chip_window(scene: Scene | SceneInfo, lon: float, lat: float, size_m: float | None = None,
                 size_px: float | None = None) -> Window:
     """The (float) pixel window of a square chip centred on a lon/lat point.
 
@@ -387,7 +414,7 @@ def tile_windows(scene: Scene, chip_px: int, stride_px: int) -> Iterator[Window]
 # --------------------------------------------------------------------------------------------------------------
 
 
-def pixel_of(scene: Scene, lon: float, lat: float) -> tuple[float, float]:
+def pixel_of(scene: Scene | SceneInfo, lon: float, lat: float) -> tuple[float, float]:
     """(col, row) float pixel coordinates of a lon/lat point in the scene (pixel corners are integers)."""
     _check_point(lon, lat)
     if scene.crs is None:
@@ -441,6 +468,20 @@ def metres_to_crs(crs: CRS | None, lat: float, size_m: float) -> tuple[float, fl
 
 def _open_file(path: str, allow_no_crs: bool, what: str = "") -> Any:
     """Open one raster, failing with a GeocnnError naming it (missing, not a raster, no georeferencing)."""
+    if is_uri(path) or path.startswith("/vsi"):  # s3://, gs://, https://: through GDAL's virtual file systems
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                ds = rasterio.open(gdal_path(path))
+        except Exception as exc:  # noqa: BLE001 - GDAL reports missing buckets, refused keys, 404s as IO errors
+            err = storage_error(exc, path, "opening the raster")
+            raise GeocnnError(f"{err}{what and f' ({what.strip()})'}") from None
+        try:
+            _check_georef(ds, path + what, allow_no_crs)
+        except GeocnnError:
+            ds.close()
+            raise
+        return ds
     p = Path(path).expanduser()
     if not p.exists():
         raise GeocnnError(f"{path}{what}: raster file does not exist. Fix the scene path (relative paths are "
@@ -636,13 +677,16 @@ def _gdal_message(exc: BaseException) -> str:
     return "; ".join(reversed(parts)) or type(exc).__name__
 
 
-def _candidates(scenes: list[Scene], lon: float, lat: float, size_m: float | None,
-                size_px: float | None) -> list[tuple[Scene, Window]]:
-    """Scenes whose extent the chip touches, with their windows; those holding the point first."""
+def covering(scenes: Sequence[Scene | SceneInfo], lon: float, lat: float, size_m: float | None = None,
+             size_px: float | None = None) -> list[tuple[int, Window]]:
+    """Positions of the scenes whose extent a chip touches, with its window in each; those holding the point first.
+
+    This is the order :func:`read_chip` reads a mosaic in (the first chip with the least nodata is kept).
+    """
     _check_size(size_m, size_px)
     _check_point(lon, lat)
     holding, touching = [], []
-    for scene in scenes:
+    for i, scene in enumerate(scenes):
         if scene.crs is None:
             pixel_of(scene, lon, lat)  # raises: no CRS
         try:
@@ -651,11 +695,17 @@ def _candidates(scenes: list[Scene], lon: float, lat: float, size_m: float | Non
             continue
         col, row = window.col_off + window.width / 2, window.row_off + window.height / 2
         if 0 <= col < scene.width and 0 <= row < scene.height:
-            holding.append((scene, window))
+            holding.append((i, window))
         elif (window.col_off < scene.width and window.col_off + window.width > 0
               and window.row_off < scene.height and window.row_off + window.height > 0):
-            touching.append((scene, window))
+            touching.append((i, window))
     return holding + touching
+
+
+def _candidates(scenes: list[Scene], lon: float, lat: float, size_m: float | None,
+                size_px: float | None) -> list[tuple[Scene, Window]]:
+    """Scenes whose extent the chip touches, with their windows; those holding the point first."""
+    return [(scenes[i], window) for i, window in covering(scenes, lon, lat, size_m, size_px)]
 
 
 def _check_size(size_m: float | None, size_px: float | None) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from geocnn.data.catalog import ID, require_columns
+from geocnn.data.sources.uris import is_uri, local_copy
 from geocnn.errors import GeocnnError
 
 LAT, LON, GROUP, URBAN, WEIGHT = "lat", "lon", "group", "urban", "weight"
@@ -52,7 +53,7 @@ def read_survey(path: str | Path, lat_column: str = "lat", lon_column: str = "lo
         GeocnnError: naming the file, the row (spreadsheet numbering: header = row 1; GeoJSON: feature number)
             and the column of the first problem, and how to fix it.
     """
-    path = Path(path).expanduser()
+    path = path if is_uri(path) else Path(path).expanduser()  # s3://, gs://, https:// read through fsspec
     source = str(path)
     targets = list(targets)
     raw, geojson = _read_any(path)
@@ -101,8 +102,11 @@ def _as_read(values: pd.Series) -> pd.Series:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _read_any(path: Path) -> tuple[pd.DataFrame, bool]:
-    """The raw table and whether it came from GeoJSON."""
+def _read_any(path: Path | str) -> tuple[pd.DataFrame, bool]:
+    """The raw table and whether it came from GeoJSON (a URI: from a downloaded copy, errors naming the URI)."""
+    if is_uri(path):
+        with local_copy(str(path)) as local:
+            return _read_any(local)
     if not path.exists():
         raise GeocnnError(f"{path}: survey file does not exist. Fix data.catalog (relative paths are relative to "
                           "the working directory).")
