@@ -506,7 +506,7 @@ def map_(
             mapper = stack.enter_context(mapper_for(orch))
         paths = map_scenes(bundle.root, chosen, local, stride, grid, device=device, mapper=mapper)
     for key, path in paths.items():
-        typer.echo(f"{key:<10} {str(path).replace(str(local), out.rstrip('/'), 1)}")
+        typer.echo(f"{key:<15} {str(path).replace(str(local), out.rstrip('/'), 1)}")
 
 
 @app.command()
