@@ -21,6 +21,7 @@ from geocnn.data.sources.raster import (
     WGS84,
     Scene,
     SceneInfo,
+    best_chip,
     covering,
     metres_per_degree,
     metres_to_crs,
@@ -148,19 +149,8 @@ class Mosaic:
     def read(self, lon: float, lat: float, out_px: int, size_m: float | None = None,
              size_px: float | None = None) -> tuple[np.ndarray, float]:
         """One chip and its nodata fraction, as :func:`read_chip` gives it over the whole mosaic."""
-        if out_px < 1:
-            raise GeocnnError(f"read_chip: out_px must be >= 1, not {out_px}.")
-        best: tuple[np.ndarray, float] | None = None
-        for i, window in self.covering(lon, lat, size_m, size_px):
-            chip = self.scene(i).read(window, (out_px, out_px))
-            frac = nodata_fraction(chip)
-            if best is None or frac < best[1]:
-                best = (chip, frac)
-            if frac == 0.0:
-                break
-        if best is None:
-            return np.full((self.count, out_px, out_px), np.nan, np.float32), 1.0
-        return best
+        candidates = ((self.scene(i), window) for i, window in self.covering(lon, lat, size_m, size_px))
+        return best_chip(candidates, self.count, out_px)
 
     def read_many(self, lons: np.ndarray, lats: np.ndarray, out_px: int, size_m: float | np.ndarray,
                   where: Callable[[int], str] | None = None) -> Iterator[tuple[int, np.ndarray, float]]:

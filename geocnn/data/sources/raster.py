@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -312,10 +312,16 @@ def read_chip(scenes: Scene | Sequence[Scene], lon: float, lat: float, out_px: i
         detail = ", ".join(f"{s.paths[0]}: {s.count}" for s in items)
         raise GeocnnError(f"mosaic scenes must have the same number of bands ({detail}). Select the same bands "
                           "in every scene.")
+    return best_chip(_candidates(items, lon, lat, size_m, size_px), items[0].count, out_px)
+
+
+def best_chip(candidates: Iterable[tuple[Scene, Window]], count: int, out_px: int) -> tuple[np.ndarray, float]:
+    """The chip with the least nodata among the candidate (scene, window) reads, in order (the first without
+    nodata ends the search), and its nodata fraction; all NaN when there is no candidate."""
     if out_px < 1:
         raise GeocnnError(f"read_chip: out_px must be >= 1, not {out_px}.")
     best: tuple[np.ndarray, float] | None = None
-    for scene, window in _candidates(items, lon, lat, size_m, size_px):
+    for scene, window in candidates:
         chip = scene.read(window, (out_px, out_px))
         frac = nodata_fraction(chip)
         if best is None or frac < best[1]:
@@ -323,7 +329,7 @@ def read_chip(scenes: Scene | Sequence[Scene], lon: float, lat: float, out_px: i
         if frac == 0.0:
             break
     if best is None:
-        return np.full((items[0].count, out_px, out_px), np.nan, np.float32), 1.0
+        return np.full((count, out_px, out_px), np.nan, np.float32), 1.0
     return best
 
 
@@ -476,12 +482,7 @@ def _open_file(path: str, allow_no_crs: bool, what: str = "") -> Any:
         except Exception as exc:  # noqa: BLE001 - GDAL reports missing buckets, refused keys, 404s as IO errors
             err = storage_error(exc, path, "opening the raster")
             raise GeocnnError(f"{err}{what and f' ({what.strip()})'}") from None
-        try:
-            _check_georef(ds, path + what, allow_no_crs)
-        except GeocnnError:
-            ds.close()
-            raise
-        return ds
+        return _georeferenced(ds, path + what, allow_no_crs)
     p = Path(path).expanduser()
     if not p.exists():
         raise GeocnnError(f"{path}{what}: raster file does not exist. Fix the scene path (relative paths are "
@@ -495,8 +496,13 @@ def _open_file(path: str, allow_no_crs: bool, what: str = "") -> Any:
     except Exception as exc:  # noqa: BLE001 - GDAL raises several types for unreadable files
         raise GeocnnError(f"{path}{what}: not a readable raster (GDAL: {_gdal_message(exc)}). Replace the file "
                           "with a valid GeoTIFF (it may be truncated or not an image).") from None
+    return _georeferenced(ds, path + what, allow_no_crs)
+
+
+def _georeferenced(ds: Any, name: str, allow_no_crs: bool) -> Any:
+    """``ds`` once its georeferencing is checked (closed, and the error raised, when it is not)."""
     try:
-        _check_georef(ds, path + what, allow_no_crs)
+        _check_georef(ds, name, allow_no_crs)
     except GeocnnError:
         ds.close()
         raise
