@@ -21,4 +21,4 @@ def write_bundle(path: Path, chips: ChipSpec, bands: list[str], *, domain: str =
     pre = Preprocessing(domain=domain, chips=chips, bands=bands, dtype=dtype, mean=spec.mean, std=spec.std,
                         tta_views=tta_views, task=task, targets=list(targets), classes=list(classes),
                         resolution_m=resolution_m, stage2=stage2)
-    return save_bundle(GeoNet(spec, weights="random"), path, pre)
+    return save_bundle(GeoNet(spec), path, pre)

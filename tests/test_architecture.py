@@ -61,8 +61,9 @@ def test_tasks_and_domains_are_decided_by_their_specs_not_by_string_comparisons(
     assert not found, "\n".join(found)
 
 
-OPTIONAL_EXTRAS = ("astropy", "prefect_dask", "prefect_ray")
-"""Packages of optional extras (fits, scale), imported where they are needed so that geocnn runs without them."""
+OPTIONAL_EXTRAS = ("astropy", "prefect_dask", "prefect_ray", "torchgeo")
+"""Packages of optional extras (fits, scale, torchgeo), imported where they are needed so that geocnn runs without
+them."""
 
 
 def test_imports_are_at_module_level_except_the_clis_lazy_ones() -> None:

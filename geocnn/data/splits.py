@@ -223,6 +223,21 @@ def _check_partitions(split: np.ndarray, cfg: SplitConfig, need_test: bool = Fal
                           "split.val_fraction / split.test_fraction or use more groups")
 
 
+def keep_labels(split: np.ndarray, fraction: float, seed: int, classes: np.ndarray | None = None) -> np.ndarray:
+    """Mark all but ``fraction`` of the 'train' samples 'unlabeled' (at least one per class): per class, the
+    first samples of one seeded permutation, so smaller fractions are nested in larger ones."""
+    out = split.copy()
+    train = np.flatnonzero(split == "train")
+    order = np.random.default_rng([seed, 7919]).permutation(train)
+    labels = np.zeros(len(order), dtype=int) if classes is None else pd.factorize(classes[order])[0]
+    keep = np.zeros(len(order), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keep[members[:max(1, int(np.ceil(fraction * len(members))))]] = True
+    out[order[~keep]] = "unlabeled"
+    return out
+
+
 def split_store(store: ChipStore, cfg: SplitConfig, stratify: str | None = None, fold: int | None = None) -> SplitView:
     """Assign (or reload) the split of this store's samples, and per-band statistics from the train chips only.
 
@@ -246,6 +261,9 @@ def split_store(store: ChipStore, cfg: SplitConfig, stratify: str | None = None,
         sample_split, sample_folds = assign_fold(samples, cfg, fold)
     else:
         sample_split = assign_splits(samples, cfg, stratify)
+    if cfg.label_fraction < 1:
+        sample_split = keep_labels(np.asarray(sample_split, dtype=object), cfg.label_fraction, cfg.seed,
+                                   samples[stratify].to_numpy() if stratify in samples.columns else None)
     codes = store.sample_of_rows()
     split = np.asarray(sample_split, dtype=object)[codes]
     folds = None if sample_folds is None else np.asarray(sample_folds)[codes]

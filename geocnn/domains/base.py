@@ -30,9 +30,10 @@ from geocnn.errors import GeocnnError
 from geocnn.evaluation.baselines import out_of_fold
 from geocnn.inference.bundle import Bundle, Preprocessing, Stage2, check_chips, load_bundle, save_bundle
 from geocnn.inference.predict import Forward
-from geocnn.models.backbones import check_backbone
 from geocnn.models.network import GeoNet
+from geocnn.models.start import check_model
 from geocnn.models.tasks import ScoreInput, Targets, TaskSpec, task_spec
+from geocnn.models.weights import LoadReport
 from geocnn.outputs.geojson import write_geojson_points
 from geocnn.outputs.tables import predictions_frame, write_tables
 from geocnn.tracking import registry
@@ -68,6 +69,11 @@ class Trained:
     stage2: Stage2 | None = None
     fits: list[FitResult] = field(default_factory=list)
     stage1_run_id: str | None = None
+
+    @property
+    def weights(self) -> LoadReport | None:
+        """How the (first) network's encoder started: source, checksum, tensor counts, bands, normalisation."""
+        return next((f.weights for f in self.fits if f.weights is not None), None)
 
     @property
     def resumed_at_epoch(self) -> int | None:
@@ -182,7 +188,7 @@ class Domain:
         return Preprocessing(domain=cfg.domain, chips=store.spec, bands=store.bands, dtype=store.meta["dtype"],
                              mean=list(net.mean), std=list(net.std), tta_views=cfg.augment.tta_views,
                              task=net.task, targets=list(net.targets), classes=list(net.classes),
-                             stage2=trained.stage2)
+                             stage2=trained.stage2, start=trained.weights.to_dict() if trained.weights else None)
 
     def outputs(self, trained: Trained, evaluation: Evaluation, store: ChipStore, cfg: AnyExperiment,
                 bundle: Path) -> dict[str, Path]:
@@ -515,6 +521,8 @@ def track(run_id: str, trained: Trained, evaluation: Evaluation, paths: dict[str
     if name:
         registry.check_metric(cfg.tracking, default, evaluation.metrics)
     tracking.log_metrics(run_id, evaluation.metrics)
+    if trained.weights is not None:
+        tracking.log_start(run_id, trained.weights.params(), trained.weights.to_dict())
     tracking.log_artifacts(run_id, evaluation.plots, "plots")
     tracking.log_artifacts(run_id, [paths[k] for k in ("metrics", "predictions_csv", "predictions_parquet",
                                                        "predictions_geojson") if k in paths], "predictions")
@@ -571,6 +579,8 @@ def run_description(cfg: AnyExperiment, domain: Domain, trained: Trained, store:
     how = "out of fold" if trained.fold is not None else "test split"
     text = (f"{cfg.model.backbone} ({domain.task_tag(cfg)}) trained on {len(store.samples())} samples of "
             f"{store.meta['source']} (targets: {', '.join(store.targets)}; store {store.meta['key'][:12]}).")
+    if trained.weights is not None:
+        text += f" Started from {trained.weights.sentence().removeprefix('weights: ')}."
     if headline:
         n = int(metrics.get("test/n", 0))
         text += f" Held-out ({how}, {n} samples): {headline} {metrics[f'test/{headline}']:.4f}"
@@ -689,6 +699,8 @@ def summary(evaluation: Evaluation, paths: dict[str, Path], run_id: str | None, 
                            "store_key": store.meta["key"], **tracked}
     if trained.resumed_at_epoch is not None:
         out["resumed_at_epoch"] = trained.resumed_at_epoch
+    if trained.weights is not None:
+        out["weights"] = trained.weights.sentence()
     return out
 
 
@@ -711,7 +723,7 @@ def run_experiment(cfg: AnyExperiment, domain: Domain, progress: bool = True,
     The MLflow run is opened after ingest and the split checks (bad input fails before any run or output exists)
     and marked FAILED when a later step fails; rerunning the same command resumes it.
     """
-    check_backbone(cfg.model.backbone)  # a typo fails before any data is read
+    cfg = check_model(cfg)  # a typo or weights not on this machine fail before any data is read
     zero = is_global_zero()  # data-parallel: only global rank 0 writes outputs, state files and tracking
     progress = progress and zero
     cfg = domain.prepare(cfg)

@@ -63,6 +63,8 @@ class Preprocessing(BaseModel):
     targets: list[str]
     classes: list[str] = Field(default_factory=list)
     stage2: Stage2 | None = Field(None, description="Two-stage models: the ridge on encoder features.")
+    start: dict[str, Any] | None = Field(None, description="The weights the encoder started from: spec, source, "
+                                         "tag, sha256, licence, tensor counts, band matching, normalisation.")
 
     @property
     def chip_px(self) -> int:
@@ -139,7 +141,7 @@ def load_bundle(path: str | Path) -> Bundle:
     except (TypeError, KeyError, ValidationError) as exc:
         raise GeocnnError(f"{path / META}: does not describe a model this geocnn can rebuild ({exc}); re-export it "
                           f"by rerunning the experiment (`geocnn run CONFIG`)") from None
-    net = GeoNet(spec, weights="random")
+    net = GeoNet(spec)
     missing, unexpected = net.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
     missing = [k for k in missing if k not in ("y_mean", "y_std") or spec.target_mean]  # bundles before 0.1: none
     if missing or unexpected:

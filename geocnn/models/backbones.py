@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 
 import timm
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
 from geocnn.errors import GeocnnError
-from geocnn.models.weights import load_local_weights
+from geocnn.models.weight_sources import Located, locate
+from geocnn.models.weights import LoadReport, load_weights
 
 
 def check_backbone(name: str, key: str = "model.backbone") -> None:
-    """Refuse a name timm does not know, suggesting the closest names it does (``resnt18`` -> ``resnet18``)."""
+    """Refuse a name timm does not know, suggesting the closest names it does (``resnt18`` -> ``resnet18``).
+
+    'auto' (the architecture of model.weights) passes; :func:`geocnn.models.start.check_model` resolves it.
+    """
+    if name == "auto":
+        return
     arch = name.split(".")[0]
     if timm.is_model(arch):
         return
@@ -26,26 +31,32 @@ def check_backbone(name: str, key: str = "model.backbone") -> None:
                       "print(timm.list_models('resnet*'))\"` lists names.)")
 
 
-def create_encoder(name: str, in_chans: int, weights: str = "random") -> nn.Module:
-    """A timm model without classifier (``num_classes=0``) whose forward returns pooled features.
+def create_encoder(name: str, in_chans: int, weights: str | Located = "random", data_bands: list[str] | None = None,
+                   partial: bool = False, band_match: str = "auto") -> nn.Module:
+    """A timm model without classifier (``num_classes=0``) whose forward returns pooled features, started from
+    ``weights`` (any `model.weights` spec, see :func:`geocnn.models.weight_sources.locate`)."""
+    return start_encoder(name, in_chans, weights, data_bands, partial, band_match)[0]
+
+
+def start_encoder(name: str, in_chans: int, weights: str | Located = "random", data_bands: list[str] | None = None,
+                  partial: bool = False, band_match: str = "auto") -> tuple[nn.Module, LoadReport]:
+    """The encoder and the report of its weights load (counts, checksum, band matching).
 
     Args:
         name: timm model name.
         in_chans: number of input bands.
-        weights: 'random', 'timm' (timm's pretrained weights, needs a network or a filled HF cache), or a
-            path to a local ``.safetensors`` / ``.pth`` state dict.
+        weights: a `model.weights` spec or its located form.
+        data_bands: the data's band names in chip order (matched by name to the weights' bands); None: unnamed.
+        partial: accept a partial match (else anything but a complete one is refused with the counts).
+        band_match: 'auto', 'name' or 'first_conv' (see ModelConfig.band_match).
     """
     check_backbone(name)
-    try:
-        model = timm.create_model(name, pretrained=weights == "timm", num_classes=0, in_chans=in_chans)
-    except Exception as exc:  # noqa: BLE001 - network or hub errors, reworded
-        if weights == "timm":
-            raise GeocnnError(f"could not fetch timm pretrained weights for {name!r} ({exc}). Without a network use "
-                              "model.weights=random or a local weights file.") from None
-        raise
-    if weights not in ("random", "timm"):
-        load_local_weights(model, Path(weights), in_chans)
-    return model
+    found = weights if isinstance(weights, Located) else locate(weights, name)
+    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+    bands = list(data_bands) if data_bands else [f"band{i + 1}" for i in range(in_chans)]
+    if len(bands) != in_chans:
+        raise GeocnnError(f"{len(bands)} band names for {in_chans} input bands")
+    return model, load_weights(model, found, bands, partial, band_match)
 
 
 def block_ids(encoder: nn.Module) -> dict[str, int]:

@@ -56,10 +56,10 @@ class NetSpec:
 class GeoNet(nn.Module):
     """Maps raw chips (B, C, H, W, any dtype) to head outputs; ``predict`` gives user-facing values."""
 
-    def __init__(self, spec: NetSpec, weights: str = "random") -> None:
+    def __init__(self, spec: NetSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.encoder = create_encoder(spec.backbone, spec.in_chans, weights)
+        self.encoder = create_encoder(spec.backbone, spec.in_chans)
         self.task = spec.task_spec
         self.task.check_targets(spec.target_info)
         self.dropout = nn.Dropout(spec.dropout)
@@ -71,6 +71,12 @@ class GeoNet(nn.Module):
         t = spec.n_outputs
         self.register_buffer("y_mean", torch.tensor(spec.target_mean or [0.0] * t, dtype=torch.float32).view(1, -1))
         self.register_buffer("y_std", torch.tensor(spec.target_std or [1.0] * t, dtype=torch.float32).view(1, -1))
+
+    def set_normalisation(self, mean: list[float], std: list[float]) -> None:
+        """Use these per-band statistics (chip units) instead of the spec's (e.g. the pretrained weights' own)."""
+        self.spec.mean, self.spec.std = [float(m) for m in mean], [float(s) for s in std]
+        self.mean.copy_(torch.tensor(self.spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.std.copy_(torch.tensor(self.spec.std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def normalise(self, chips: torch.Tensor) -> torch.Tensor:
         """Raw chips to float, standardised with the train-split band statistics; nodata (NaN) becomes the band mean."""

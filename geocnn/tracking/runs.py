@@ -233,6 +233,19 @@ def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
     mlflow.log_metrics(clean, run_id=run_id)
 
 
+def log_start(run_id: str, params: dict[str, Any], report: dict[str, Any]) -> None:
+    """Record the starting weights: params weights.* (source, tag, sha256, licence, counts), the tensor counts as
+    metrics, and the whole load report as weights/start.json."""
+    c = client()
+    existing = c.get_run(run_id).data.params
+    new = {k: str(v)[:6000] for k, v in params.items() if k not in existing}
+    if new:
+        c.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in new.items()])
+    counts = {f"weights/{k}": float(report[k]) for k in ("matched", "missing", "unexpected", "head_dropped")}
+    mlflow.log_metrics(counts, run_id=run_id)
+    c.log_dict(run_id, report, "weights/start.json")
+
+
 def log_artifacts(run_id: str, paths: list[Path], folder: str | None = None) -> None:
     """Upload files to the run (a refused or missing artifact store is a GeocnnError naming it)."""
     client = MlflowClient(mlflow.get_tracking_uri())

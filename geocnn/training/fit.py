@@ -21,6 +21,8 @@ from geocnn.errors import GeocnnError, Interrupted
 from geocnn.inference.predict import pick_device
 from geocnn.models.backbones import apply_transfer
 from geocnn.models.network import GeoNet, NetSpec
+from geocnn.models.start import resolve_start
+from geocnn.models.weights import LoadReport, load_weights, weights_normalisation
 from geocnn.training.module import GeoTask
 from geocnn.training.progress import EpochLines, bars_show
 from geocnn.training.ranks import is_global_zero
@@ -60,12 +62,14 @@ class FitResult:
     best_score: float | None
     resumed: bool
     resumed_at_epoch: int | None = None  # the first epoch trained after resuming (0-based)
+    weights: LoadReport | None = None
+    """How the encoder started (source, checksum, tensor counts, band matching, normalisation)."""
 
 
-def net_spec(view: SplitView, fs: FitSpec) -> NetSpec:
+def net_spec(view: SplitView, fs: FitSpec, backbone: str | None = None) -> NetSpec:
     """The network spec for a split store: bands from the store, normalisation and target scale from its train split."""
     store = view.store
-    spec = NetSpec(backbone=fs.model.backbone, in_chans=int(store.meta["shape"][1]), task=fs.model.task,
+    spec = NetSpec(backbone=backbone or fs.model.backbone, in_chans=int(store.meta["shape"][1]), task=fs.model.task,
                    targets=store.targets, classes=store.classes, mean=view.mean, std=view.std,
                    dropout=fs.model.dropout, sigmoid=fs.model.sigmoid, tree=fs.model.tree)
     task, targets = spec.task_spec, spec.target_info
@@ -95,9 +99,8 @@ def fit(view: SplitView, fs: FitSpec, callbacks: list[L.Callback] | None = None,
     if len(view.rows("val")) == 0:
         raise GeocnnError("split: the validation partition is empty; set split.val_fraction > 0 (model selection "
                           "uses validation, never test)")
-    spec = net_spec(view, fs)
-    weights = "random" if fs.model.transfer == "from_scratch" else fs.model.weights
-    net = GeoNet(spec, weights)
+    net, report = start_network(view, fs)
+    spec = net.spec
     apply_transfer(net.encoder, fs.model.transfer, fs.model.n_blocks)
     device = pick_device(fs.train.device)
     y = net.task.target_array(view.store.index, spec.target_info)
@@ -162,7 +165,21 @@ def fit(view: SplitView, fs: FitSpec, callbacks: list[L.Callback] | None = None,
     if zero:
         write_state(fs.out, complete=True, best_epoch_score=score)
     return FitResult(net=net.cpu(), best_checkpoint=best_path, epochs_run=trainer.current_epoch, best_score=score,
-                     resumed=resume is not None, resumed_at_epoch=resumed_at)
+                     resumed=resume is not None, resumed_at_epoch=resumed_at, weights=report)
+
+
+def start_network(view: SplitView, fs: FitSpec) -> tuple[GeoNet, LoadReport]:
+    """The network before training: its encoder started from model.weights (bands matched by name, strict counts),
+    normalised with the weights' own statistics when they define them for these chips, else the train split's."""
+    arch, found = resolve_start(fs.model)
+    spec = net_spec(view, fs, arch)
+    net = GeoNet(spec)
+    store = view.store
+    report = load_weights(net.encoder, found, store.bands, fs.model.weights_partial, fs.model.band_match)
+    norm = weights_normalisation(found, store.bands, str(store.meta["dtype"]), report, fs.model.normalise)
+    if norm is not None:
+        net.set_normalisation(*norm)
+    return net, report
 
 
 def trainer_for(train: TrainConfig, device: torch.device, callbacks: list[L.Callback], bars: bool,

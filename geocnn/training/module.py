@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from torch import nn
 
 from geocnn.config import AugmentConfig, ModelConfig, OptimConfig
 from geocnn.data.augment import augment_batch
@@ -46,6 +47,15 @@ class GeoTask(L.LightningModule):
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The configured loss of head outputs against targets (the task spec's)."""
         return self.net.loss(self.loss_name, out, y, self.class_weights if self.class_weights.numel() else None)
+
+    def on_train_epoch_start(self) -> None:
+        """Frozen parts of the encoder (linear probe, the lower blocks of a partial fine-tune) keep their batch-norm
+        statistics: their norm layers run in eval mode, as a frozen pretrained network expects."""
+        for module in self.net.encoder.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                own = list(module.parameters(recurse=False))
+                if own and not any(p.requires_grad for p in own):
+                    module.eval()
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
         # Dropout draws from the global generator, seeded by (seed, optimiser step); augmentation draws from one

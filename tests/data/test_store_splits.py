@@ -384,3 +384,24 @@ def test_chips_of_a_sample_are_averaged_and_split_together(tmp_path: Path) -> No
     per_sample = pd.Series(view.split).groupby(index["sample"].to_numpy()).nunique()
     assert (per_sample == 1).all() and set(view.split) == {"train", "val", "test"}
     assert view.sample_split().tolist()[:3] == [view.split[0], view.split[2], view.split[5]]
+
+
+def test_label_fraction_keeps_nested_stratified_train_labels_and_leaves_val_test(tmp_path: Path,
+                                                                                  catalog: Catalog) -> None:
+    store = build_galaxy_store(catalog, tmp_path / "stores", 24, 16, progress=False)
+    cfg = SplitConfig(method="stratified", val_fraction=0.2, test_fraction=0.2, seed=5)
+    full = split_store(store, cfg, stratify="target")
+    labels = store.index["target"].to_numpy()
+    kept = {}
+    for fraction in (0.34, 0.67):
+        view = split_store(store, cfg.model_copy(update={"label_fraction": fraction}), stratify="target")
+        np.testing.assert_array_equal(view.split == "val", full.split == "val")
+        np.testing.assert_array_equal(view.split == "test", full.split == "test")
+        kept[fraction] = set(view.rows("train"))
+        assert kept[fraction] < set(full.rows("train"))
+        assert set(view.rows("unlabeled")) == set(full.rows("train")) - kept[fraction]
+        # 6 training samples per class: ceil(0.34 * 6) = 3 and ceil(0.67 * 6) = 5 of each class keep their labels
+        assert np.bincount(labels[view.rows("train")], minlength=3).tolist() == [3 if fraction < 0.5 else 5] * 3
+        # band statistics come from the labelled training chips only
+        assert view.mean == band_stats(store.chips, view.rows("train"))[0]
+    assert kept[0.34] < kept[0.67]
