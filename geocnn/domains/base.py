@@ -31,7 +31,7 @@ from geocnn.evaluation.baselines import out_of_fold
 from geocnn.inference.bundle import Bundle, Preprocessing, Stage2, check_chips, load_bundle, save_bundle
 from geocnn.inference.predict import Forward
 from geocnn.models.network import GeoNet
-from geocnn.models.start import check_model
+from geocnn.models.start import check_bands, check_model
 from geocnn.models.tasks import ScoreInput, Targets, TaskSpec, task_spec
 from geocnn.models.weights import LoadReport
 from geocnn.outputs.geojson import write_geojson_points
@@ -729,6 +729,7 @@ def run_experiment(cfg: AnyExperiment, domain: Domain, progress: bool = True,
     cfg = domain.prepare(cfg)
     steps = steps or Steps(domain.ingest, domain.split, domain.train)
     store = steps.ingest(cfg, progress=progress)
+    check_bands(cfg.model, store.bands)  # bands the weights cannot take fail before a run is opened
     steps.split(store, cfg, progress=progress)
     if not zero:  # another DDP rank: the same fits as rank 0 (their collectives need every rank), then nothing
         steps.train(store, cfg, None, progress=False)

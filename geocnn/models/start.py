@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import timm
+
 from geocnn.config.common import ModelConfig
 from geocnn.config.load import derive
 from geocnn.errors import GeocnnError
 from geocnn.models.backbones import check_backbone
 from geocnn.models.weight_sources import Located, locate
+from geocnn.models.weights import LoadReport, load_weights, match_bands
 
 C = TypeVar("C")
 
@@ -41,11 +44,29 @@ def resolve_start(model: ModelConfig) -> tuple[str, Located]:
     return model.backbone, found
 
 
+def preflight(arch: str, found: Located, partial: bool) -> LoadReport:
+    """Load the weights once into a 3-band encoder of ``arch`` (before any data is read): a pickle, a damaged file
+    or weights of another architecture fail here, not after ingest."""
+    encoder = timm.create_model(arch, pretrained=False, num_classes=0)
+    return load_weights(encoder, found, [f"band{i + 1}" for i in range(3)], partial, "first_conv")
+
+
 def check_model(cfg: C) -> C:
     """The experiment with model.backbone resolved ('auto' -> the weights' architecture), validated again; raises
     a GeocnnError before any data is read when the weights are unusable or not cached."""
     model: ModelConfig = cfg.model  # type: ignore[attr-defined]
-    arch, _ = resolve_start(model)
+    arch, found = resolve_start(model)
+    if found.kind != "random":
+        preflight(arch, found, model.weights_partial)
     if arch != model.backbone:
         return derive(cfg, {"model.backbone": arch})  # type: ignore[arg-type]
     return cfg
+
+
+def check_bands(model: ModelConfig, data_bands: list[str]) -> str:
+    """How the data's bands will meet the weights' (a sentence); a mismatch model.band_match refuses raises here,
+    once the store's bands are known and before a run is opened or a network trained."""
+    if model.transfer == "from_scratch" or not model.weights_spec.pretrained:
+        return "random initialisation"
+    found = locate(model.weights_spec, model.backbone)
+    return match_bands(data_bands, found.bands, found.sensor, model.band_match)[2]

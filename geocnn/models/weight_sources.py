@@ -95,7 +95,10 @@ def _timm(spec: WeightsSpec, backbone: str) -> Located:
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
         raise GeocnnError(f"model.weights={spec.name or 'timm'!r}: {arch!r} is not a timm model")
-    cfg = timm.models.get_pretrained_cfg(name)
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a tag timm does not have for this architecture
+        cfg = None
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         tags = timm.list_pretrained(f"{arch}.*")
         raise GeocnnError(f"model.weights: timm has no pretrained weights for {name!r}"

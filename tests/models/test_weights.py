@@ -336,3 +336,46 @@ def test_pretrained_encoder_beats_random_one_in_a_linear_probe(tmp_path: Path) -
         clf = LogisticRegression(max_iter=2000).fit(feats[:120], y[:120])
         scores[spec] = clf.score(feats[120:], y[120:])
     assert scores[LITE] > scores["random"] + 0.15, scores
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("timm:test_resnet.no_such_tag", "no pretrained weights"),
+    ("pickle", "weights_only=True"),
+    ("other_arch", "0 of the encoder's"),
+    ("ResNet18_Weights.NOPE", "not a TorchGeo weights enum"),
+    ("package:no-such-weights", "no such weights package"),
+])
+def test_bad_specs_fail_before_any_data_is_read(tmp_path: Path, weights: str, message: str) -> None:
+    """Each bad starting point is a GeocnnError from the run's first step: no store, no output, no MLflow run."""
+    from geocnn.domains import run_experiment
+
+    if weights == "pickle":
+        weights = str(tmp_path / "model.pth")
+        torch.save(timm.create_model("test_resnet"), weights)  # a whole pickled model, not a state dict
+    elif weights == "other_arch":
+        weights = str(tmp_path / "convnext.safetensors")
+        save_file(_known(timm.create_model("test_convnext", num_classes=0), 0), weights)
+    if weights.startswith("ResNet18") and not __import__("importlib").util.find_spec("torchgeo"):
+        pytest.skip("torchgeo not installed")
+    cfg = load_config(overrides=["name=x", f"output_dir={tmp_path / 'run'}", f"data.store_root={tmp_path / 's'}",
+                                 "data.format=synthetic", "model.backbone=test_resnet", f"model.weights={weights}"])
+    with pytest.raises(GeocnnError, match=message):
+        run_experiment(cfg, progress=False)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "run").exists()
+
+
+def test_bands_the_weights_lack_are_refused_with_band_match_name_before_a_run_opens(tmp_path: Path) -> None:
+    from geocnn.domains import run_experiment
+    from geocnn.tracking.runs import client
+
+    from geocnn.synthetic.galaxies import make_galaxies
+
+    catalog = make_galaxies(tmp_path / "g", 30, 32, seed=0)
+    cfg = load_config(overrides=["name=x", f"output_dir={tmp_path / 'run'}", f"data.store_root={tmp_path / 's'}",
+                                 "data.format=csv", f"data.catalog={catalog}", "data.targets=[morphology]",
+                                 "data.crop=32", "data.chip_size=32", "data.channels=gray", f"model.weights={LITE}",
+                                 "model.band_match=name"])
+    with pytest.raises(GeocnnError, match="band_match"):
+        run_experiment(cfg, progress=False)
+    assert not client().search_experiments() or not client().search_runs(
+        [e.experiment_id for e in client().search_experiments()])
