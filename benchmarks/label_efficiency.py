@@ -144,7 +144,8 @@ def pretrain_encoder(name: str, common: list[str], work: Path, epochs: int) -> t
         path = work / "ssl_catalog.csv"
         kept.to_csv(path, index=False)
         overrides += [f"data.catalog={path}", f"data.images={Path(cfg.data.catalog).parent}"]
-    overrides += ["pretrain.method=moco", f"pretrain.epochs={epochs}", "pretrain.batch_size=64"]
+    overrides += ["pretrain.method=moco", f"pretrain.epochs={epochs}", "pretrain.batch_size=64",
+                  f"pretrain.out={work / 'encoders'}"]
     start = time.perf_counter()
     result = pretrain(load_config(overrides=overrides))
     return Path(result.encoder_dir), time.perf_counter() - start

@@ -171,9 +171,9 @@ def run_config(config: Path | None, overrides: list[str], no_prefect: bool) -> d
     from geocnn.config import load_config
 
     cfg = load_config(config, overrides)  # before the engine is imported: a config error answers at once
-    from geocnn.models.backbones import check_backbone
+    from geocnn.models.start import check_model
 
-    check_backbone(cfg.model.backbone)  # before any flow, server or data: a typo answers at once
+    cfg = check_model(cfg)  # before any flow, server or data: a typo or uncached weights answer at once
     from geocnn.domains import domain_for
     from geocnn.domains.base import run_experiment
     from geocnn.training.ranks import is_global_zero
@@ -228,6 +228,26 @@ def train(config: Annotated[Path, typer.Argument(help="Experiment YAML (see conf
           set_: SetOption = None) -> None:
     """Train and evaluate without Prefect (library path); same outputs as `geocnn run`."""
     print_rank_zero(run_config(config, list(set_ or []), no_prefect=True))
+
+
+@app.command()
+@guarded
+def pretrain(config: Annotated[Path, typer.Argument(help="Experiment YAML (its data, model.backbone, pretrain).")],
+             set_: SetOption = None,
+             out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default pretrain.out).")]
+             = None) -> None:
+    """Pretrain the encoder self-supervised (MoCo v2 / SimCLR / BYOL) on the images without labels."""
+    from geocnn.config import load_config
+    from geocnn.domains.pretrain import pretrain as run_pretrain
+
+    result = run_pretrain(load_config(config, list(set_ or [])), out)
+    card = result.card
+    typer.echo(f"encoder bundle: {result.encoder_dir} ({card['method']}, {card['arch']}, {card['epochs']} epochs "
+               f"on {card['data']['n_images']} images)")
+    typer.echo(f"loss: {result.loss_curve[0]:.4f} (epoch 1) -> {result.loss_curve[-1]:.4f} (last)")
+    if result.run_id:
+        typer.echo(f"MLflow run: {result.run_id}")
+    typer.echo(f"use it: model.weights: {result.encoder_dir}")
 
 
 def print_rank_zero(summary: dict[str, Any]) -> None:
@@ -691,11 +711,61 @@ def config(path: Annotated[Path, typer.Argument(help="Experiment YAML.")], set_:
     import yaml
 
     from geocnn.config import load_config
-    from geocnn.models.backbones import check_backbone
+    from geocnn.models.start import check_model
 
-    cfg = load_config(path, set_ or [])
-    check_backbone(cfg.model.backbone)
+    cfg = check_model(load_config(path, set_ or []))
     typer.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+
+weights_app = typer.Typer(help="Pretrained starting points: where a model.weights spec is, and fetching it.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+SpecArgument = Annotated[str, typer.Argument(help="A model.weights spec: timm, timm:NAME.TAG, hf_hub:ORG/NAME, "
+                                             "a TorchGeo enum (ResNet18_Weights.LANDSAT_OLI_SR_MOCO), package:NAME, "
+                                             "or a file/folder.")]
+BackboneOption = Annotated[str, typer.Option(help="The timm backbone (for 'timm': whose default tag).")]
+
+
+def _show_located(found: Any) -> None:
+    for label, value in (("spec", found.spec), ("kind", found.kind), ("architecture", found.arch),
+                         ("tag", found.tag), ("source", found.source), ("licence", found.license),
+                         ("bands", ", ".join(found.bands) if found.bands else None),
+                         ("mean", found.mean), ("std", found.std),
+                         ("scale", found.scale if found.mean else None), ("file", found.file),
+                         ("cached", "yes" if found.cached else f"no (cache folder {found.cache})")):
+        if value is not None:
+            typer.echo(f"  {label:<13} {value}")
+
+
+@weights_app.command("show")
+@guarded
+def weights_show(spec: SpecArgument, backbone: BackboneOption = "resnet18") -> None:
+    """Where a spec's weights are, whether they are cached, and what they expect (bands, normalisation)."""
+    from geocnn.config.weights import parse_weights
+    from geocnn.models.weight_sources import locate
+
+    try:
+        parsed = parse_weights(spec)
+    except ValueError as exc:
+        raise GeocnnError(str(exc)) from None
+    _show_located(locate(parsed, backbone))
+
+
+@weights_app.command("fetch")
+@guarded
+def weights_fetch(spec: SpecArgument, backbone: BackboneOption = "resnet18") -> None:
+    """Download a spec's weights into the local cache (Hugging Face cache or TORCH_HOME); needs a network. Copy
+    the cache folder to machines without one (or point HF_HOME / TORCH_HOME at a shared copy)."""
+    from geocnn.config.weights import parse_weights
+    from geocnn.models.weight_sources import fetch
+
+    try:
+        parse_weights(spec)
+    except ValueError as exc:
+        raise GeocnnError(str(exc)) from None
+    found = fetch(spec, backbone)
+    typer.echo(f"cached: {found.file}")
+    _show_located(found)
 
 
 if __name__ == "__main__":  # pragma: no cover

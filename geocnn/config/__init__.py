@@ -32,9 +32,11 @@ from geocnn.config.load import (
                                   shared_data_default,
                                   validate,
 )
+from geocnn.config.pretrain import PretrainConfig, ViewsConfig
 
 __all__ = ["AnyExperiment", "AugmentConfig", "DATA_ENV", "EARTH_FORMATS", "EarthConfig", "EarthData",
            "EarthExperiment", "ExperimentBase", "ExperimentConfig", "GALAXY_FORMATS", "GalaxyData",
-           "GalaxyExperiment", "MapsConfig", "ModelConfig", "OptimConfig", "OrchestrationConfig", "ScheduleConfig", "SplitConfig", "Strict",
+           "GalaxyExperiment", "MapsConfig", "ModelConfig", "OptimConfig", "OrchestrationConfig", "PretrainConfig",
+           "ScheduleConfig", "SplitConfig", "Strict", "ViewsConfig",
            "TrackingConfig", "TrainConfig", "TwoStageConfig", "apply_overrides", "derive", "domain_of", "expand_env",
            "expand_tree", "flatten", "load_config", "shared_data_default", "validate"]

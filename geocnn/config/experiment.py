@@ -19,6 +19,7 @@ from geocnn.config.common import (
 )
 from geocnn.config.earth import EARTH_FORMATS, EarthConfig, EarthData, MapsConfig, TwoStageConfig
 from geocnn.config.galaxy import GalaxyData
+from geocnn.config.pretrain import PretrainConfig
 
 EARTH_SECTIONS = ("earth", "two_stage", "maps")
 """Sections only an Earth experiment has."""
@@ -38,6 +39,8 @@ class ExperimentBase(Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    pretrain: PretrainConfig | None = Field(None, description="Self-supervised encoder pretraining (`geocnn "
+                                            "pretrain`); unset: defaults when that command runs.")
 
     @property
     def out(self) -> Path:

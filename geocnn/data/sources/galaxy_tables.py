@@ -134,6 +134,36 @@ def read_galaxy_catalog(data: GalaxyData) -> Catalog:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def read_unlabeled(data: GalaxyData) -> Catalog:
+    """Every image of the configured catalog or folder, labels dropped (self-supervised pretraining): a CSV catalog
+    needs no target column; format 'folders', or no catalog, takes every image under data.images (class subfolders
+    or a plain folder)."""
+    if data.catalog and data.format != "folders":
+        if data.format == "csv" and not data.targets:
+            path = location(data.catalog)
+            file_column = data.file_column or ("file" if "file" in _read_header(path) else None)
+            cat = read_csv_catalog(path, location(data.images) if data.images else None,
+                                   id_column=data.id_column or "id", file_column=file_column,
+                                   group_column=data.group_column, require_targets=False,
+                                   allow_outside_root=data.allow_outside_root)
+        else:
+            cat = read_galaxy_catalog(data)
+        return Catalog(cat.frame.drop(columns=cat.targets), [], cat.source)
+    if not data.images:
+        raise GeocnnError("data.images / data.catalog: pretraining needs the galaxy images: a catalog file "
+                          "(data.catalog) or a folder of images (data.images)")
+    root = location(data.images)
+    if not (uris.is_dir(root) if is_uri(root) else Path(root).is_dir()):
+        raise GeocnnError(f"data.images={data.images}: not a folder; point it at a folder of images")
+    files = walk_images(root)
+    if not files:
+        raise GeocnnError(f"data.images={data.images}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                          "add images or point data.images elsewhere")
+    frame = pd.DataFrame({ID: [relative_name(f, root) for f in files],
+                          IMAGE: [str(f) if is_uri(f) else os.path.abspath(f) for f in files]})
+    return Catalog(frame=frame, targets=[], source=str(root))
+
+
 def read_kaggle(catalog: Path | str, images: Path | str | None = None, targets: list[str] | None = None, *,
                 allow_outside_root: bool = False,
                 id_column: str = KAGGLE_ID, group_column: str | None = None) -> Catalog:
