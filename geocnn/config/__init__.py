@@ -33,10 +33,11 @@ from geocnn.config.load import (
                                   validate,
 )
 from geocnn.config.pretrain import PretrainConfig, ViewsConfig
+from geocnn.config.uncertainty import UncertaintyConfig
 
 __all__ = ["AnyExperiment", "AugmentConfig", "DATA_ENV", "EARTH_FORMATS", "EarthConfig", "EarthData",
            "EarthExperiment", "ExperimentBase", "ExperimentConfig", "GALAXY_FORMATS", "GalaxyData",
            "GalaxyExperiment", "MapsConfig", "ModelConfig", "OptimConfig", "OrchestrationConfig", "PretrainConfig",
            "ScheduleConfig", "SplitConfig", "Strict", "ViewsConfig",
-           "TrackingConfig", "TrainConfig", "TwoStageConfig", "apply_overrides", "derive", "domain_of", "expand_env",
+           "TrackingConfig", "TrainConfig", "TwoStageConfig", "UncertaintyConfig", "apply_overrides", "derive", "domain_of", "expand_env",
            "expand_tree", "flatten", "load_config", "shared_data_default", "validate"]

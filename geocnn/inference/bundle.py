@@ -18,6 +18,7 @@ from geocnn import __version__
 from geocnn.atomic import atomic_dir
 from geocnn.data.chips import ChipSpec
 from geocnn.errors import GeocnnError
+from geocnn.evaluation.conformal import Calibration
 from geocnn.models.network import GeoNet, NetSpec
 from geocnn.models.ridge import Stage2Ridge
 
@@ -65,6 +66,9 @@ class Preprocessing(BaseModel):
     stage2: Stage2 | None = Field(None, description="Two-stage models: the ridge on encoder features.")
     start: dict[str, Any] | None = Field(None, description="The weights the encoder started from: spec, source, "
                                          "tag, sha256, licence, tensor counts, band matching, normalisation.")
+    calibration: Calibration | None = Field(None, description="Uncertainty fitted by the training run: conformal "
+                                            "quantiles (level, per output and category), the softmax temperature, "
+                                            "what they were calibrated on. predict, map and watch apply it.")
 
     @property
     def chip_px(self) -> int:
