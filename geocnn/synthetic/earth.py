@@ -12,6 +12,7 @@ cannot.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import numbers
 from pathlib import Path
@@ -19,14 +20,16 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.features import shapes
 from rasterio.warp import transform as reproject_points
+from rasterio.warp import transform_geom
 from scipy.ndimage import gaussian_filter, maximum_filter, minimum_filter, uniform_filter, zoom
 
 from geocnn.atomic import atomic_dir
 from geocnn.errors import GeocnnError
 
 FILES: dict[str, str] = {"scene": "scene.tif", "nightlights": "nightlights.tif", "wealth": "wealth.tif",
-                         "clusters": "clusters.csv"}
+                         "clusters": "clusters.csv", "countries": "countries.geojson", "population": "population.tif"}
 """File name of each output of :func:`make_scene`, by the key of the returned dict."""
 
 CLUSTER_COLUMNS: list[str] = ["cluster_id", "lat", "lon", "wealth", "country", "urban", "households"]
@@ -72,7 +75,7 @@ MIN_SIZE_PX = 256
 MAX_COUNTRIES = 12
 
 _SALT = 0xEA27  # keeps these random streams apart from other users of the same integer seed
-_VERSION = 1  # bump when the output for the same arguments changes
+_VERSION = 2  # bump when the output for the same arguments changes
 _TAG = "GEOCNN_SYNTHETIC_EARTH"
 _CENTRE_LONLAT = (15.0, 5.0)
 
@@ -543,6 +546,34 @@ def _write_raster(path: Path, data: np.ndarray, transform: Affine, nodata: float
             dst.update_tags(**tags)
 
 
+def _population(rng: np.random.Generator, town: np.ndarray, valid: np.ndarray, factor: int) -> np.ndarray:
+    """Persons per coarse cell (float32): a rural base with noise, dense in towns, 0 outside the valid scene."""
+    n = town.shape[0] // factor
+    block = lambda a: a.reshape(n, factor, n, factor).mean(axis=(1, 3))  # noqa: E731
+    density = 40.0 * rng.lognormal(0.0, 0.5, (n, n)) + 4000.0 * block(town.astype(np.float64))
+    return (density * block(valid.astype(np.float64))).astype(np.float32)
+
+
+def _country_polygons(countries: np.ndarray, valid: np.ndarray, affine: Affine) -> dict:
+    """The countries as a GeoJSON FeatureCollection in EPSG:4326 (``country`` C01..., as in clusters.csv), clipped
+    to the valid part of the scene: admin units for aggregating maps."""
+    features = []
+    labels = np.where(valid, countries.astype(np.int16), -1)
+    for geom, value in shapes(labels, mask=valid, transform=affine, connectivity=4):
+        features.append({"type": "Feature", "properties": {"country": f"C{int(value) + 1:02d}"},
+                         "geometry": transform_geom(CRS, "EPSG:4326", geom)})
+    merged: dict[str, dict] = {}
+    for feat in features:  # a country split by the nodata corner becomes one MultiPolygon
+        name = feat["properties"]["country"]
+        rings = [feat["geometry"]["coordinates"]]
+        if name in merged:
+            merged[name]["geometry"]["coordinates"] += rings
+        else:
+            merged[name] = {"type": "Feature", "properties": {"country": name},
+                            "geometry": {"type": "MultiPolygon", "coordinates": rings}}
+    return {"type": "FeatureCollection", "features": [merged[k] for k in sorted(merged)]}
+
+
 def _is_complete(paths: dict[str, Path], params: str) -> bool:
     """True when every output exists and the scene was written by the same generator arguments."""
     if not all(p.is_file() for p in paths.values()):
@@ -587,7 +618,10 @@ def make_scene(folder: str | Path, size_px: int = 1024, n_clusters: int = 300, n
         ``clusters``: ``clusters.csv`` with :data:`CLUSTER_COLUMNS`: ``cluster_id`` (1..n), ``lat``/``lon``
         (EPSG:4326), ``wealth`` (the field averaged over a ~1 km box plus survey noise, so that a perfect model
         of the 1 km mean reaches R2 about :data:`SURVEY_R2`; noise variance inversely proportional to
-        ``households``), ``country`` (``C01``...), ``urban`` (0/1: inside a town), ``households`` (15-30).
+        ``households``), ``country`` (``C01``...), ``urban`` (0/1: inside a town), ``households`` (15-30);
+        ``countries``: ``countries.geojson``, the country regions as (Multi)Polygons in EPSG:4326 with a
+        ``country`` property (admin units to aggregate maps over); ``population``: ``population.tif``, float32
+        persons per 240 m cell (the night-light grid), dense in towns, 0 outside the valid scene.
         Every cluster is at least 8 chips of 32 px (at most a quarter of the side) from the edge and nodata.
 
     Raises:
@@ -641,6 +675,9 @@ def make_scene(folder: str | Path, size_px: int = 1024, n_clusters: int = 300, n
         _write_raster(tmp / FILES["nightlights"], lights[None], coarse, None, ["radiance"], False,
                       tags={"units": "nW/cm2/sr", "lights_threshold": f"{threshold:.6f}"})
         _write_raster(tmp / FILES["wealth"], wealth[None], affine, None, ["wealth"], True)
+        _write_raster(tmp / FILES["population"], _population(_rng(seed, 7), town, valid, f)[None], coarse, None,
+                      ["population"], False, tags={"units": "persons per 240 m cell"})
+        (tmp / FILES["countries"]).write_text(json.dumps(_country_polygons(countries, valid, affine)))
         with open(tmp / FILES["clusters"], "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(CLUSTER_COLUMNS)

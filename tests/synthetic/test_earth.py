@@ -6,6 +6,7 @@ import csv
 import hashlib
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -13,6 +14,7 @@ from rasterio.warp import transform as warp_points
 from scipy.ndimage import uniform_filter
 from scipy.spatial import Delaunay
 from scipy.stats import spearmanr
+from shapely.geometry import Point
 
 from geocnn.errors import GeocnnError
 from geocnn.synthetic.earth import (
@@ -219,3 +221,24 @@ def test_refuses_bad_arguments_and_foreign_folders(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(GeocnnError, match="existing file"):
         make_scene(tmp_path / "file", size_px=256, n_clusters=40)
+
+
+def test_country_polygons_hold_their_clusters_and_population_follows_towns(scene: dict[str, Path]) -> None:
+    """The admin units and population raster for aggregating maps: each cluster lies in its own country's polygon,
+    the polygons do not overlap, and population is dense in towns and 0 outside the valid scene."""
+    countries = gpd.read_file(scene["countries"])
+    assert sorted(countries["country"]) == [f"C{i:02d}" for i in range(1, N_COUNTRIES + 1)]
+    assert countries.geometry.is_valid.all()
+    _, rows = _clusters(scene["clusters"])
+    inside = [countries.loc[countries["country"] == r["country"]].geometry.iloc[0].contains(
+        Point(float(r["lon"]), float(r["lat"]))) for r in rows]
+    assert np.mean(inside) == 1.0
+    areas = countries.to_crs("EPSG:32633").geometry
+    assert areas.union_all().area == pytest.approx(areas.area.sum(), rel=1e-6)  # no overlaps
+    with rasterio.open(scene["population"]) as src, rasterio.open(scene["nightlights"]) as lights:
+        pop = src.read(1)
+        assert src.transform == lights.transform and src.shape == lights.shape
+    with rasterio.open(scene["scene"]) as src:
+        valid = src.read_masks(1)[:: SIZE // pop.shape[0], :: SIZE // pop.shape[1]] > 0
+    assert (pop >= 0).all() and pop[~valid].max(initial=0) < pop[valid].max()
+    assert np.percentile(pop[valid], 99) > 10 * np.median(pop[valid])  # towns stand out
