@@ -18,10 +18,8 @@ class UncertaintyConfig(Strict):
                          "and prediction sets (classes), strictly between 0 and 1.")
     mondrian: Literal["none", "group", "urban", "class"] = Field(
         "none", description="Conformal quantiles per category (Mondrian): none (one quantile), group (the split "
-        "group, e.g. country), urban (urban/rural), class (the predicted class; classification).")
-    normalise: Literal["none", "tta_spread"] = Field(
-        "none", description="Difficulty estimate that scales each interval: none (the same width everywhere within a "
-        "category) or tta_spread (the spread of the test-time views; needs augment.tta_views > 1).")
+        "group, e.g. country: rows of a group never calibrated fall back to the pooled quantile), urban "
+        "(urban/rural), class (the predicted class; classification).")
     temperature: bool = Field(True, description="Classification: fit a temperature on the validation split "
                               "(never test) and report expected calibration error before/after on test.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of the held-out rows for 95 % intervals "

@@ -26,8 +26,10 @@ from geocnn.data.chips import ChipSource, ChipSpec
 from geocnn.data.fingerprint import ingest_key
 from geocnn.data.splits import n_folds, sample_groups, split_store
 from geocnn.data.store import ChipStore
+from geocnn.domains.calibrate import calibrate, calibrated_columns
 from geocnn.errors import GeocnnError
 from geocnn.evaluation.baselines import out_of_fold
+from geocnn.evaluation.conformal import Calibration
 from geocnn.inference.bundle import Bundle, Preprocessing, Stage2, check_chips, load_bundle, save_bundle
 from geocnn.inference.predict import Forward
 from geocnn.models.network import GeoNet
@@ -35,7 +37,7 @@ from geocnn.models.start import check_bands, check_model
 from geocnn.models.tasks import ScoreInput, Targets, TaskSpec, task_spec
 from geocnn.models.weights import LoadReport
 from geocnn.outputs.geojson import write_geojson_points
-from geocnn.outputs.tables import predictions_frame, write_tables
+from geocnn.outputs.tables import predictions_frame, write_table, write_tables
 from geocnn.tracking import registry
 from geocnn.tracking import runs as tracking
 from geocnn.tracking.model_uri import download_artifact, resolve_model
@@ -88,6 +90,10 @@ class Evaluation:
     metrics: dict[str, float]
     table: pd.DataFrame
     plots: list[Path] = field(default_factory=list)
+    calibration: Calibration | None = None
+    """The uncertainty the bundle carries (conformal quantiles, temperature), None when off."""
+    coverage: pd.DataFrame | None = None
+    """Coverage per held-out group or fold (runs with folds)."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,8 @@ class Domain:
         pred = bundle_forward(bundle, device)(np.concatenate(rows), batch_size=batch_size)
         spec, targets = output_task(bundle)
         frame = predictions_frame(np.array([ids[i] for i in ok]), pred, spec, targets)
+        for column, values in calibrated_columns(pre.calibration, pred, targets).items():
+            frame[column] = values
         frame.insert(1, "file", [str(files[i]) for i in ok])
         return frame, failures
 
@@ -299,6 +307,8 @@ def predict_catalog(bundle: Bundle, catalog: Catalog, batch_size: int = 64, devi
     task, targets = output_task(bundle)
     context = catalog.frame[[c for c in (LAT, LON, GROUP) if c in catalog.frame.columns]]
     frame = predictions_frame(catalog.frame["id"].to_numpy(), pred, task, targets, context)
+    for column, values in calibrated_columns(pre.calibration, pred, targets, catalog.frame).items():
+        frame[column] = values
     return frame[~frame["id"].isin(list(failures or {}))].reset_index(drop=True)
 
 
@@ -483,10 +493,15 @@ def evaluate(trained: Trained, store: ChipStore, cfg: AnyExperiment, domain: Dom
     context = context[[c for c in (*CONTEXT, *named_group) if c in context.columns]]
     table = predictions_frame(samples["id"].to_numpy(), trained.pred, spec, targets, context, y,
                               {n: p for n, p in predictions.items() if n != "test"})
+    unc = calibrate(trained.pred, y, samples, trained.split, trained.fold, trained.groups, spec, targets, cfg)
+    metrics.update(unc.metrics)
+    for column, values in unc.columns.items():
+        table[column] = values
     plots = [spec.plot(y[scored], trained.pred[scored], targets, cfg.out / "plots",
                        groups=None if groups is None else groups[scored])]
     plots += domain.plots(store, table, y, trained.pred, scored, spec, targets, cfg)
-    return Evaluation(metrics=metrics, table=table, plots=plots)
+    return Evaluation(metrics=metrics, table=table, plots=plots + unc.plots, calibration=unc.calibration,
+                      coverage=unc.coverage)
 
 
 # -------------------------------------------------------------------------------------------------- export
@@ -502,7 +517,9 @@ def export(trained: Trained, evaluation: Evaluation, store: ChipStore, cfg: AnyE
         paths[f"predictions_{p.suffix[1:]}"] = p
     if {LAT, LON} <= set(evaluation.table.columns) and evaluation.table[LAT].notna().any():
         paths["predictions_geojson"] = write_geojson_points(evaluation.table, out / "predictions.geojson")
-    pre = domain.preprocessing(store, trained, cfg)
+    if evaluation.coverage is not None:
+        paths["coverage"] = write_table(evaluation.coverage, out / "coverage.csv")
+    pre = domain.preprocessing(store, trained, cfg).model_copy(update={"calibration": evaluation.calibration})
     paths["bundle"] = save_bundle(trained.net, out / "bundle", pre,
                                   extra={"experiment": cfg.name, "store_key": store.meta["key"]})
     paths.update(domain.outputs(trained, evaluation, store, cfg, paths["bundle"]))
@@ -525,7 +542,8 @@ def track(run_id: str, trained: Trained, evaluation: Evaluation, paths: dict[str
         tracking.log_start(run_id, trained.weights.params(), trained.weights.to_dict())
     tracking.log_artifacts(run_id, evaluation.plots, "plots")
     tracking.log_artifacts(run_id, [paths[k] for k in ("metrics", "predictions_csv", "predictions_parquet",
-                                                       "predictions_geojson") if k in paths], "predictions")
+                                                       "predictions_geojson", "coverage") if k in paths],
+                           "predictions")
     maps = [p for k, p in paths.items() if k.startswith("map_")]
     if maps:
         tracking.log_artifacts(run_id, maps, "maps")

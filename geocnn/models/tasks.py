@@ -70,6 +70,10 @@ class TaskSpec:
     """Whether a random split should be stratified on the target by default."""
     baseline_keys: ClassVar[tuple[str, ...] | None] = None
     """Metric names kept for baselines (None: all)."""
+    conformal: ClassVar[str] = "interval"
+    """What conformal prediction attaches to a prediction: an interval per output, or a set of classes."""
+    bounds: ClassVar[tuple[float, float] | None] = None
+    """Range of the user-facing outputs (intervals are clipped to it), None: unbounded."""
 
     # -- targets ------------------------------------------------------------------------------------------------
     def prepare(self, catalog: Catalog) -> Catalog:
@@ -186,6 +190,7 @@ class Classification(TaskSpec):
     promotion_metric = "validation/accuracy"
     stratify = True
     baseline_keys = ("accuracy", "balanced_accuracy", "roc_auc")
+    conformal = "set"
 
     def prepare(self, catalog: Catalog) -> Catalog:
         frame, source = catalog.frame.copy(), catalog.source
@@ -332,6 +337,7 @@ class VoteFractions(Regression):
     name = "vote_fractions"
     losses = ("mse", "huber")
     promotion_metric = "validation/rmse"
+    bounds = (0.0, 1.0)
 
     def prepare(self, catalog: Catalog) -> Catalog:
         try:

@@ -12,6 +12,7 @@ import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from geocnn.evaluation.calibration import temper
 from geocnn.inference.bundle import check_chips, load_bundle
 from geocnn.inference.predict import Forward
 
@@ -29,7 +30,11 @@ class BundleModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         chips = np.asarray(model_input)
         check_chips(self.bundle.preprocessing, chips.shape)
-        return Forward(self.bundle.net, self.bundle.tta_views, head=self.bundle.stage2)(chips)
+        out = Forward(self.bundle.net, self.bundle.tta_views, head=self.bundle.stage2)(chips)
+        cal = self.bundle.preprocessing.calibration
+        if cal is not None and cal.temperature is not None:  # calibrated probabilities, as the run's table
+            out = temper(out, cal.temperature).astype(np.float32)
+        return out
 
 
 def bundle_signature(example: np.ndarray, n_outputs: int) -> ModelSignature:

@@ -21,6 +21,7 @@ from geocnn.data.splits import split_store
 from geocnn.domains import domain_for, ingest, run_experiment
 from geocnn.domains.base import epoch_logger, fail_run, open_run
 from geocnn.errors import GeocnnError
+from geocnn.evaluation.calibration import temper
 from geocnn.inference.bundle import check_chips, load_bundle
 from geocnn.inference.predict import Forward
 from geocnn.synthetic.galaxies import make_galaxies
@@ -133,11 +134,14 @@ def test_bundle_roundtrip_gives_identical_outputs(tmp_path: Path, galaxies: Path
     store = ingest(cfg, progress=False)
     table = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
     held = np.flatnonzero(table["split"].to_numpy() != "train")[:8]  # one chip per galaxy: rows = chips
-    got = Forward(bundle.net, bundle.tta_views, "cpu")(np.asarray(store.chips[held]))
+    # the table's probabilities are the network's, tempered by the temperature fitted on validation (bundled)
+    temperature = bundle.preprocessing.calibration.temperature
+    assert 0.05 < temperature < 20 and pre["calibration"]["calibrated_on"].startswith("the validation split")
+    got = temper(Forward(bundle.net, bundle.tta_views, "cpu")(np.asarray(store.chips[held])), temperature)
     np.testing.assert_allclose(got, table.filter(like="prob_").to_numpy()[held], atol=1e-6)
     # the training rows (never scored) get one view unless augment.tta_train
     train = np.flatnonzero(table["split"].to_numpy() == "train")[:8]
-    one_view = Forward(bundle.net, 1, "cpu")(np.asarray(store.chips[train]))
+    one_view = temper(Forward(bundle.net, 1, "cpu")(np.asarray(store.chips[train])), temperature)
     np.testing.assert_allclose(one_view, table.filter(like="prob_").to_numpy()[train], atol=1e-6)
     with pytest.raises(GeocnnError, match="expects"):
         check_chips(bundle.preprocessing, np.asarray(store.chips[:8])[:, :2].shape)  # wrong band count
