@@ -132,7 +132,7 @@ def _intervals(pred: np.ndarray, y: np.ndarray, samples: pd.DataFrame, rows: Row
                     interval_columns(lower, upper, names))
     if rows.units is None:
         held = rows.measure
-        out.metrics.update(_interval_scores("uncertainty", truth[held], lower[held], upper[held], names))
+        out.metrics.update(_interval_scores("uncertainty/", truth[held], lower[held], upper[held], names))
         return out
     # each unit held out of its own calibration: the honest coverage of a new country (or fold)
     lo, hi = np.full_like(pred, np.nan, dtype=float), np.full_like(pred, np.nan, dtype=float)
@@ -142,11 +142,11 @@ def _intervals(pred: np.ndarray, y: np.ndarray, samples: pd.DataFrame, rows: Row
         lo[inside], hi[inside] = intervals(fit(rows.calibrate & (rows.units != unit)), pred[inside], names,
                                            None if cats is None else cats[inside])
         scores = _interval_scores("", truth[inside], lo[inside], hi[inside], names)
-        records.append({rows.unit_name: unit, "n": int(inside.sum()), "coverage": scores["/coverage"],
-                        "mean_width": scores["/mean_width"], "nominal": u.level})
+        records.append({rows.unit_name: unit, "n": int(inside.sum()), "coverage": scores["coverage"],
+                        "mean_width": scores["mean_width"], "nominal": u.level})
     tag = "loco" if rows.unit_name == "group" else "cv"
     held = rows.measure
-    out.metrics.update(_interval_scores(f"uncertainty/{tag}", truth[held], lo[held], hi[held], names))
+    out.metrics.update(_interval_scores(f"uncertainty/{tag}_", truth[held], lo[held], hi[held], names))
     table = pd.DataFrame(records).sort_values("coverage", kind="stable")
     out.metrics.update({f"uncertainty/{tag}_coverage/{r[rows.unit_name]}": r["coverage"] for r in records})
     out.metrics[f"uncertainty/{tag}_worst_coverage"] = float(table["coverage"].iloc[0])
@@ -159,10 +159,10 @@ def _interval_scores(prefix: str, truth: np.ndarray, lower: np.ndarray, upper: n
     """Coverage and mean width, pooled over outputs (and per output when there are several)."""
     covered = [coverage(truth[:, t], lower[:, t], upper[:, t]) for t in range(len(names))]
     width = [float(np.nanmean(upper[:, t] - lower[:, t])) if len(truth) else float("nan") for t in range(len(names))]
-    out = {f"{prefix}/coverage": float(np.nanmean(covered)), f"{prefix}/mean_width": float(np.nanmean(width))}
+    out = {f"{prefix}coverage": float(np.nanmean(covered)), f"{prefix}mean_width": float(np.nanmean(width))}
     if len(names) > 1:
         for name, c, w in zip(names, covered, width):
-            out[f"{prefix}/coverage/{name}"], out[f"{prefix}/mean_width/{name}"] = c, w
+            out[f"{prefix}coverage/{name}"], out[f"{prefix}mean_width/{name}"] = c, w
     return out
 
 

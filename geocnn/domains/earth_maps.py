@@ -23,6 +23,7 @@ from rasterio.windows import transform as window_transform
 from geocnn.data.chips import M_PER_DEG, ChipSpec
 from geocnn.data.sources.raster import Grid, Scene, open_scene
 from geocnn.errors import GeocnnError
+from geocnn.evaluation.conformal import Calibration, intervals
 from geocnn.fanout import SEQUENTIAL, Mapper
 from geocnn.inference.bundle import Bundle, load_bundle
 from geocnn.inference.predict import Forward
@@ -113,14 +114,41 @@ def map_scene(bundle: Bundle, scenes: list[str], out_dir: Path, stride_px: int |
             read = offset_reader(read, int(win.col_off), int(win.row_off))
         forward = Forward(bundle.net, pre.tta_views, device, head=bundle.stage2)
         max_nodata = chips.max_nodata_fraction if chips.max_nodata_fraction is not None else 0.5
+        predict, bands = with_intervals(forward.batch, pre.calibration, name)
         try:
-            tif = predict_map(read, grid, forward.batch, out_dir / "prediction.tif", chip_px=chip_native,
+            tif = predict_map(read, grid, predict, out_dir / "prediction.tif", chip_px=chip_native,
                               stride_px=stride, in_px=pre.chip_px, batch_size=batch_size,
-                              max_nodata_fraction=max_nodata, band_names=[name], target_grid=target)
+                              max_nodata_fraction=max_nodata, band_names=bands, target_grid=target)
         finally:
             forward.release()  # callers keep using the network on the host
-    png = write_quicklook(tif, out_dir / "prediction.png", title=title or f"predicted {name}")
-    return {"map_tif": tif, "map_png": png}
+    paths = {"map_tif": tif,
+             "map_png": write_quicklook(tif, out_dir / "prediction.png", title=title or f"predicted {name}")}
+    if len(bands) > 1:
+        level = pre.calibration.level if pre.calibration else 0
+        paths["map_width_png"] = write_quicklook(tif, out_dir / "interval_width.png", cmap="magma",
+                                                 band=bands.index(INTERVAL_BANDS[-1]) + 1,
+                                                 title=f"width of the {level:.0%} prediction interval of {name}")
+    return paths
+
+
+INTERVAL_BANDS = ("lower", "upper", "interval_width")
+"""Bands a map gets after its prediction when the bundle carries conformal intervals (band descriptions)."""
+
+
+def with_intervals(predict: Callable[[np.ndarray], np.ndarray], cal: Calibration | None,
+                   name: str) -> tuple[Callable[[np.ndarray], np.ndarray], list[str]]:
+    """The map's predictor and band names: the prediction, and with an interval calibration of one output its
+    lower and upper bounds and width (the pooled quantile: a pixel has no group; normalised intervals would need
+    each window's spread). Overlapping windows average the bounds as they average the prediction."""
+    if cal is None or cal.kind != "interval" or list(cal.quantiles) != [name]:
+        return predict, [name]
+
+    def bounded(chips: np.ndarray) -> np.ndarray:
+        pred = np.asarray(predict(chips), np.float64).reshape(len(chips), -1)
+        lower, upper = intervals(cal, pred, [name])
+        return np.concatenate([pred, lower, upper, upper - lower], axis=1).astype(np.float32)
+
+    return bounded, [name, *INTERVAL_BANDS]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ from filelock import FileLock
 from mlflow import MlflowClient
 
 from geocnn.config import load_config
+from geocnn.data.catalog import Catalog
 from geocnn.domains import run_experiment
+from geocnn.domains.base import predict_catalog
 from geocnn.domains.earth_maps import map_scene
 from geocnn.errors import GeocnnError
 from geocnn.inference.bundle import load_bundle
@@ -178,3 +180,44 @@ def test_map_with_a_scene_of_other_bands_names_the_mismatch(two_stage: tuple[Pat
     with pytest.raises(GeocnnError, match=r"3 band\(s\).*expects 4"):
         map_scene(load_bundle(tmp / "run" / "bundle"), [str(other)], tmp / "bad")
     assert not (tmp / "bad" / "prediction.tif").exists()
+
+
+def test_intervals_cover_out_of_country_and_travel_in_the_bundle(two_stage: tuple[Path, dict]) -> None:
+    """90 % conformal intervals from the out-of-fold residuals: coverage measured with each country held out of the
+    calibration, the same intervals in the table, from predict_catalog with the bundle, and in the map's bands."""
+    tmp, _ = two_stage
+    m = json.loads((tmp / "run" / "metrics.json").read_text())
+    assert m["uncertainty/level"] == 0.9 and m["uncertainty/n_calibration"] == 160
+    # 160 clusters in 4 countries: leave-one-country-out coverage near nominal, the worst country reported
+    assert 0.75 < m["uncertainty/loco_coverage"] <= 1.0, m
+    worst = m["uncertainty/loco_worst_coverage"]
+    per_country = {k.rsplit("/", 1)[1]: v for k, v in m.items() if k.startswith("uncertainty/loco_coverage/")}
+    assert len(per_country) == 4 and worst == min(per_country.values())
+    coverage = pd.read_csv(tmp / "run" / "coverage.csv")
+    assert coverage["n"].sum() == 160 and (coverage["nominal"] == 0.9).all()
+    assert np.average(coverage["coverage"], weights=coverage["n"]) == pytest.approx(m["uncertainty/loco_coverage"])
+    table = pd.read_parquet(tmp / "run" / "predictions.parquet")
+    assert (table["lower"] < table["pred_wealth"]).all() and (table["pred_wealth"] < table["upper"]).all()
+    np.testing.assert_allclose(table["interval_width"], table["upper"] - table["lower"])
+    bundle = load_bundle(tmp / "run" / "bundle")
+    cal = bundle.preprocessing.calibration
+    assert cal.kind == "interval" and cal.level == 0.9 and cal.n_calibration == 160
+    q = cal.quantiles["wealth"]["*"]
+    np.testing.assert_allclose(table["interval_width"], 2 * q, rtol=1e-6)  # pooled: one width everywhere
+    # the quantile is the ceil(0.9 * 161)-th smallest absolute out-of-fold residual
+    residuals = np.sort(np.abs(table["wealth"] - table["pred_wealth"]))
+    assert q == pytest.approx(residuals[int(np.ceil(0.9 * 161)) - 1], rel=1e-6)
+    # a new prediction with the bundle (the final model, not the out-of-fold ones) carries the bundled quantile
+    clusters = pd.read_csv(next((tmp / "synthetic_earth").glob("*/clusters.csv")))
+    catalog = Catalog(clusters.rename(columns={"cluster_id": "id"}).astype({"id": str}).head(20), [], "clusters")
+    again = predict_catalog(bundle, catalog)
+    np.testing.assert_allclose(again["pred_wealth"] - again["lower"], q, rtol=1e-6)
+    np.testing.assert_allclose(again["upper"] - again["pred_wealth"], q, rtol=1e-6)
+    # the map: prediction, lower, upper, interval_width bands, and a PNG of the width
+    with rasterio.open(tmp / "run" / "maps" / "prediction.tif") as out:
+        assert out.descriptions == ("wealth", "lower", "upper", "interval_width")
+        pred, lower, upper, width = out.read().astype(np.float64)
+    ok = np.isfinite(pred)
+    np.testing.assert_allclose(width[ok], upper[ok] - lower[ok], atol=1e-5)
+    np.testing.assert_allclose(pred[ok] - lower[ok], q, atol=1e-4)
+    assert (tmp / "run" / "maps" / "interval_width.png").stat().st_size > 10_000
