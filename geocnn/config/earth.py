@@ -110,6 +110,9 @@ class MapsConfig(Strict):
     all_scenes: bool = Field(False, description="Map every scene of earth.scenes, one task each on "
                              "orchestration.task_runner, then mosaic them (VRT + merged COG + per-scene table); "
                              "default: the first scene only.")
+    html: bool = Field(True, description="Also write prediction.html beside the COG: a self-contained Leaflet map of "
+                       "the prediction (and interval width) with the held-out clusters, viewable offline.")
+    units: str = Field("", description="Units of the target for the map's colour bar caption (e.g. 'IWI points').")
 
 
 class TwoStageConfig(Strict):

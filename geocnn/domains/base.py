@@ -26,7 +26,7 @@ from geocnn.data.chips import ChipSource, ChipSpec
 from geocnn.data.fingerprint import ingest_key
 from geocnn.data.splits import n_folds, sample_groups, split_store
 from geocnn.data.store import ChipStore
-from geocnn.domains.calibrate import calibrate, calibrated_columns
+from geocnn.domains.calibrate import calibrate, calibrated_columns, metric_intervals
 from geocnn.errors import GeocnnError
 from geocnn.evaluation.baselines import out_of_fold
 from geocnn.evaluation.conformal import Calibration
@@ -493,6 +493,7 @@ def evaluate(trained: Trained, store: ChipStore, cfg: AnyExperiment, domain: Dom
     context = context[[c for c in (*CONTEXT, *named_group) if c in context.columns]]
     table = predictions_frame(samples["id"].to_numpy(), trained.pred, spec, targets, context, y,
                               {n: p for n, p in predictions.items() if n != "test"})
+    metrics.update(metric_intervals(predictions, y, scored, spec, targets, trained.groups, metrics, cfg))
     unc = calibrate(trained.pred, y, samples, trained.split, trained.fold, trained.groups, spec, targets, cfg)
     metrics.update(unc.metrics)
     for column, values in unc.columns.items():
@@ -602,8 +603,14 @@ def run_description(cfg: AnyExperiment, domain: Domain, trained: Trained, store:
     if headline:
         n = int(metrics.get("test/n", 0))
         text += f" Held-out ({how}, {n} samples): {headline} {metrics[f'test/{headline}']:.4f}"
+        if f"test/{headline}_ci_low" in metrics:
+            level = cfg.uncertainty.bootstrap_level
+            text += (f" [{level:.0%} bootstrap interval {metrics[f'test/{headline}_ci_low']:.4f}, "
+                     f"{metrics[f'test/{headline}_ci_high']:.4f}]")
         base = metrics.get(f"baseline/{headline}")
         text += f" vs baseline {base:.4f}" if base is not None else ""
+        p = metrics.get("compare/baseline/p_value")
+        text += f" (paired test p = {p:.3g})" if p is not None else ""
         others = [f"{k.split('/')[0]} {v:.4f}" for k, v in sorted(metrics.items())
                   if k.startswith("baseline_") and k.endswith(f"/{headline}") and k.count("/") == 1]
         text += f" (other baselines: {', '.join(others)})." if others else "."

@@ -1,4 +1,4 @@
-"""The uncertainty step of every run: conformal intervals or class sets, temperature scaling, honest coverage.
+"""The uncertainty step of every run: conformal intervals or sets, temperature, coverage, metric intervals.
 
 Calibration rows are held out from training: the validation split of a one-split run (test is only scored), or
 every sample's out-of-fold prediction when the run has folds. What the bundle carries is fitted on all of them.
@@ -18,6 +18,7 @@ import pandas as pd
 from geocnn.config import AnyExperiment
 from geocnn.data.catalog import GROUP, URBAN
 from geocnn.errors import GeocnnError
+from geocnn.evaluation.bootstrap import Truth, bootstrap_intervals, mcnemar, paired_bootstrap
 from geocnn.evaluation.calibration import expected_calibration_error, fit_temperature, temper
 from geocnn.evaluation.conformal import (
     Calibration,
@@ -235,3 +236,39 @@ def calibrated_columns(cal: Calibration | None, pred: np.ndarray, targets: Targe
     names = list(cal.quantiles)
     lower, upper = intervals(cal, pred, names, cats)
     return interval_columns(lower, upper, names)
+
+
+def metric_intervals(predictions: dict[str, np.ndarray], y: np.ndarray, scored: np.ndarray, spec: TaskSpec,
+                     targets: Targets, groups: np.ndarray | None, metrics: dict[str, float],
+                     cfg: AnyExperiment) -> dict[str, float]:
+    """Bootstrap intervals of the held-out metrics of the model and every baseline (whole groups resampled when the
+    split is grouped), and a paired test of the model against each baseline on the same rows: McNemar for
+    classes, a paired bootstrap of r2 (one target) or rmse (several) otherwise."""
+    u = cfg.uncertainty
+    if not u.enabled or u.bootstrap == 0:
+        return {}
+    held = {name: np.asarray(p, float)[scored] for name, p in predictions.items()}
+    ok = np.logical_and.reduce([np.isfinite(p).all(axis=1) for p in held.values()])
+    if ok.sum() < 2:
+        return {}
+    held = {name: p[ok] for name, p in held.items()}
+    classes = spec.conformal == "set"
+    if classes:
+        truth = Truth(labels=np.asarray(y)[scored][ok].astype(int))
+    else:
+        values, mask = spec.truth(np.asarray(y)[scored][ok], targets)
+        truth = Truth(values=np.asarray(values, float), mask=np.asarray(mask, bool))
+    units = None if groups is None else np.asarray(groups)[scored][ok]
+    ci = bootstrap_intervals(truth, held, units, u.bootstrap, u.bootstrap_level, cfg.seed)
+    out = {k: v for k, v in ci.items() if k.rsplit("_ci_", 1)[0] in metrics}
+    metric = "r2" if truth.values is not None and truth.values.shape[1] == 1 else "rmse"
+    for name, pred in held.items():
+        if name == "test":
+            continue
+        if classes:
+            test = mcnemar(held["test"].argmax(1) == truth.labels, pred.argmax(1) == truth.labels)
+        else:
+            test = paired_bootstrap(truth, held["test"], pred, metric, units, u.bootstrap, u.bootstrap_level,
+                                    cfg.seed)
+        out.update({f"compare/{name}/{k}": v for k, v in test.items()})
+    return out

@@ -35,6 +35,7 @@ from geocnn.inference.bundle import Bundle, Preprocessing, Stage2
 from geocnn.inference.predict import Forward
 from geocnn.models.ridge import Stage2Ridge, fit_ridge, nested_ridge
 from geocnn.models.tasks import ScoreInput, Targets, TaskSpec, task_spec
+from geocnn.outputs.webmap import VECTOR_SUFFIXES, write_webmap
 from geocnn.synthetic.earth import make_scene
 from geocnn.tracking import runs as tracking
 
@@ -212,9 +213,17 @@ class EarthDomain(Domain):
             return {}
         target = cfg.data.targets[0]
         scenes = cfg.earth.scenes if cfg.maps.all_scenes else cfg.earth.scenes[:1]
-        return map_scenes(bundle, scenes, cfg.out / "maps", cfg.maps.stride_px, cfg.maps.target_grid,
-                          cfg.maps.batch_size, cfg.train.device, mapper=fanout.current(),
-                          title=f"{cfg.name}: predicted {target}")
+        paths = map_scenes(bundle, scenes, cfg.out / "maps", cfg.maps.stride_px, cfg.maps.target_grid,
+                           cfg.maps.batch_size, cfg.train.device, mapper=fanout.current(),
+                           title=f"{cfg.name}: predicted {target}")
+        if cfg.maps.html:  # the held-out clusters over the map, areas when the map has aggregates
+            table = evaluation.table
+            held_out = table[table["split"] == "test"] if "split" in table.columns else table
+            held_out = held_out if {LAT, LON} <= set(held_out.columns) else None  # tiles may have no coordinates
+            areas = next((p for k, p in paths.items() if "admin" in k and p.suffix in VECTOR_SUFFIXES), None)
+            paths["map_html"] = write_webmap(paths["map_tif"], paths["map_tif"].with_suffix(".html"), held_out,
+                                             areas, target, cfg.maps.units, f"{cfg.name}: predicted {target}")
+        return paths
 
     def report_keys(self, cfg: EarthExperiment) -> list[str]:
         return ["test", "baseline", "baseline_nightlights", "baseline_gbm"]

@@ -59,6 +59,14 @@ def test_classifier_beats_majority_baseline_and_is_tracked(tmp_path: Path, galax
     assert metrics["baseline/accuracy"] == pytest.approx(0.2, abs=0.02)
     assert metrics["test/accuracy"] > 0.5, metrics
     assert metrics["test/roc_auc"] > 0.8
+    # error bars: a bootstrap interval around the accuracy, McNemar against the majority class, 90 % sets with
+    # their measured coverage, and calibration error before/after the temperature fitted on validation
+    assert metrics["test/accuracy_ci_low"] <= metrics["test/accuracy"] <= metrics["test/accuracy_ci_high"]
+    assert metrics["test/accuracy_ci_high"] - metrics["test/accuracy_ci_low"] < 0.4
+    assert metrics["compare/baseline/p_value"] < 0.05 and metrics["compare/baseline/difference"] > 0.2
+    assert metrics["uncertainty/level"] == 0.9 and 0.6 <= metrics["uncertainty/coverage"] <= 1.0
+    assert 1.0 <= metrics["uncertainty/mean_set_size"] <= 5.0 and metrics["uncertainty/temperature"] > 0
+    assert 0 <= metrics["test/ece"] < 0.5 and 0 <= metrics["test/ece_uncalibrated"] < 0.5
 
     # Tables: csv and parquet hold the same values; probabilities sum to 1; every split is present.
     csv = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype={"id": str})
@@ -69,6 +77,9 @@ def test_classifier_beats_majority_baseline_and_is_tracked(tmp_path: Path, galax
     assert set(pq["split"]) == {"train", "val", "test"}
     test_rows = pq[pq["split"] == "test"]
     assert (test_rows["pred_morphology"] == test_rows["morphology"]).mean() == pytest.approx(metrics["test/accuracy"])
+    in_set = [t in (s or "").split("|") for t, s in zip(test_rows["morphology"], test_rows["prediction_set"])]
+    assert np.mean(in_set) == pytest.approx(metrics["uncertainty/coverage"])
+    assert list(test_rows["set_size"]) == [len(s.split("|")) if s else 0 for s in test_rows["prediction_set"]]
 
     # MLflow: resolved config as params, per-epoch metrics, test metrics, plots, tables, registered model + alias.
     client = MlflowClient(mlflow.get_tracking_uri())
