@@ -129,9 +129,17 @@ def print_summary(summary: dict[str, Any]) -> None:
     metrics: dict[str, float] = summary["metrics"]
     typer.echo(f"\nHeld-out metrics ({int(metrics.get('test/n', 0))} samples; model vs train-derived baseline):")
     for name, value in sorted(metrics.items()):
-        if name.startswith("test/") and "/" not in name.removeprefix("test/") and name != "test/n":
+        if name.startswith("test/") and "/" not in name.removeprefix("test/") and name != "test/n" \
+                and not name.endswith(("_ci_low", "_ci_high")):
             base = metrics.get("baseline/" + name.removeprefix("test/"))
-            typer.echo(f"  {name:<28} {value:8.4f}" + ("" if base is None else f"   baseline {base:8.4f}"))
+            low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+            ci = "" if low is None else f" [{low:7.4f}, {high:7.4f}]"
+            typer.echo(f"  {name:<28} {value:8.4f}{ci}" + ("" if base is None else f"   baseline {base:8.4f}"))
+    if "compare/baseline/p_value" in metrics:
+        typer.echo(f"  (95 % bootstrap intervals; model vs baseline on the same rows: difference "
+                   f"{metrics['compare/baseline/difference']:+.4f}, paired test p = "
+                   f"{metrics['compare/baseline/p_value']:.3g})")
+    print_uncertainty(metrics)
     others = sorted(k for k in metrics if k.startswith(("baseline_", "poorer_half/")) and
                     k.rsplit("/", 1)[-1] in ("r2", "pearson_r2") and k.count("/") <= 2)
     if others:
@@ -164,6 +172,32 @@ def print_summary(summary: dict[str, Any]) -> None:
             typer.echo(f"Open the MLflow UI:  {ui_command()}")
             typer.echo("then the run: " + str(run_url(summary.get("experiment_id"), summary["run_id"],
                                                        "http://127.0.0.1:5000")))
+
+
+def print_uncertainty(metrics: dict[str, float]) -> None:
+    """The run's calibration and coverage: nominal level beside what was measured on rows never calibrated on."""
+    level = metrics.get("uncertainty/level")
+    if level is None:
+        return
+    typer.echo(f"\nUncertainty (nominal {level:.0%}; measured on rows the calibration never saw):")
+    for tag, what in (("loco_", "leave-one-group-out"), ("cv_", "leave-one-fold-out"), ("", "test")):
+        if f"uncertainty/{tag}coverage" not in metrics:
+            continue
+        width = metrics.get(f"uncertainty/{tag}mean_width")
+        size = metrics.get("uncertainty/mean_set_size")
+        extra = f", mean interval width {width:.4f}" if width is not None else \
+            f", mean set size {size:.2f}" if size is not None else ""
+        typer.echo(f"  coverage ({what}) {metrics[f'uncertainty/{tag}coverage']:.3f}{extra}")
+        worst = {k.rsplit("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"uncertainty/{tag}coverage/")}
+        if worst and tag:
+            name = min(worst, key=worst.get)
+            unit = "group" if tag == "loco_" else "fold"
+            typer.echo(f"  worst {unit}: {name} {worst[name]:.3f} (coverage.csv has every one)")
+        break
+    if "uncertainty/temperature" in metrics:
+        typer.echo(f"  temperature {metrics['uncertainty/temperature']:.3f} (fitted on validation); expected "
+                   f"calibration error on test {metrics.get('test/ece_uncalibrated', float('nan')):.4f} -> "
+                   f"{metrics.get('test/ece', float('nan')):.4f}")
 
 
 def run_config(config: Path | None, overrides: list[str], no_prefect: bool) -> dict[str, Any]:
@@ -318,6 +352,9 @@ def predict(
     address: Annotated[Optional[str], typer.Option(help="An existing Dask scheduler or Ray cluster for "
                                                    "--task-runner.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Workers of a local cluster (default: the cores).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse inputs unlike the training data (resolution, "
+                                         "data type, band names or values) instead of warning; nothing is "
+                                         "written.")] = False,
 ) -> None:
     """Predict images, tiles or survey points with a bundle or a registered MLflow model; write a table (or, with
     --shard-size, a partitioned Parquet dataset written shard by shard)."""
@@ -376,7 +413,8 @@ def predict(
         predict_sharded(ref.bundle_dir, cat, out, shard_size, truth, bundle.preprocessing.targets[0], batch_size,
                         device, views, scene, task_runner, address, workers)
         return
-    frame = predict_catalog(bundle, cat, batch_size, device, views, scene, progress=True, failures=failures)
+    frame = predict_catalog(bundle, cat, batch_size, device, views, scene, progress=True, failures=failures,
+                            strict=strict)
     if truth:  # class folders: the true class beside the prediction, so `geocnn score` can score it
         frame.insert(1, bundle.preprocessing.targets[0], frame["id"].map(truth))
     if failures and not len(frame):
@@ -489,20 +527,34 @@ def map_(
                                                      "'min_lon,min_lat,max_lon,max_lat'.")] = None,
     stac_datetime: Annotated[Optional[str], typer.Option("--stac-datetime", help="STAC: keep items of this date "
                                                          "or interval (2015-01-01/2015-12-31).")] = None,
+    html: Annotated[bool, typer.Option("--html/--no-html", help="Also write prediction.html beside the COG: a "
+                                       "self-contained Leaflet map (prediction, interval width), viewable offline.")]
+    = True,
+    units: Annotated[str, typer.Option(help="Units of the prediction for the HTML map's colour bar.")] = "",
+    definition: Annotated[Optional[str], typer.Option(help="One-line definition of the predicted target, printed "
+                                                      "under the PNG and tagged in the GeoTIFF (DEFINITION).")] = None,
+    diverging: Annotated[Optional[bool], typer.Option("--diverging/--sequential", help="PNG colour map: diverging "
+                                                      "at 0 or sequential (default: diverging when the map's "
+                                                      "values span 0).")] = None,
+    mask_to_grid: Annotated[bool, typer.Option("--mask-to-grid/--no-mask-to-grid", help="With --grid: no "
+                                               "prediction where the grid raster has no data.")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse scenes unlike the training data (resolution, "
+                                         "data type, band names or values) instead of warning; nothing is "
+                                         "written.")] = False,
 ) -> None:
     """Wall-to-wall prediction map of scenes with a saved Earth model (sliding windows, overlaps averaged); several
     scenes are mapped one task each, then mosaicked (VRT + merged COG) with a per-scene table."""
     from geocnn import fanout
     from geocnn.domains import DOMAINS
-    from geocnn.domains.earth_maps import map_scenes, scenes_of
+    from geocnn.domains.earth_maps import check_scene, map_scenes, scenes_of
     from geocnn.inference.bundle import load_bundle
-    from geocnn.tracking.model_uri import resolve_model
+    from geocnn.tracking.model_uri import is_uri, resolve_model
 
     bundle = load_bundle(resolve_model(model))
     if not DOMAINS[bundle.preprocessing.domain].maps:
         raise GeocnnError(f"{model}: a {bundle.preprocessing.domain} model does not map scenes; maps need a bundle "
                           "from an Earth experiment (data.format survey or synthetic_earth)")
-    from geocnn.config import OrchestrationConfig
+    from geocnn.config import MapsConfig, OrchestrationConfig
 
     if task_runner not in ("sequential", "threads", "dask", "ray"):
         raise GeocnnError(f"--task-runner {task_runner}: choose sequential, threads, dask or ray")
@@ -516,6 +568,8 @@ def map_(
             raise GeocnnError(f"--stac-bbox {stac_bbox}: give four numbers, min_lon,min_lat,max_lon,max_lat") from None
         scene = resolve_scenes(scene, asset=stac_asset, bbox=bbox, datetime_range=stac_datetime, key="--scene")
     chosen = scenes_of(bundle, scene, model)
+    for path in chosen:  # every scene checked before any output exists
+        check_scene(bundle, path, strict)
     from geocnn.outputs.remote import output_dir
 
     with output_dir(out) as local, contextlib.ExitStack() as stack:
@@ -524,9 +578,42 @@ def map_(
             from pipelines.fanout import mapper_for
 
             mapper = stack.enter_context(mapper_for(orch))
-        paths = map_scenes(bundle.root, chosen, local, stride, grid, device=device, mapper=mapper)
+        style = MapsConfig(units=units or None, definition=definition, diverging=diverging,
+                           mask_to_grid=mask_to_grid)  # units, definition: colour bar and GeoTIFF tags too
+        paths = map_scenes(bundle.root, chosen, local, stride, grid, device=device, mapper=mapper, style=style,
+                           model=model if is_uri(model) else None, guard=False)
+        if html:
+            from geocnn.outputs.webmap import write_webmap
+
+            name = bundle.preprocessing.output_names[0]
+            paths["map_html"] = write_webmap(paths["map_tif"], paths["map_tif"].with_suffix(".html"), target=name,
+                                             units=units, title=f"predicted {name}")
     for key, path in paths.items():
         typer.echo(f"{key:<15} {str(path).replace(str(local), out.rstrip('/'), 1)}")
+
+
+@app.command()
+@guarded
+def aggregate(
+    map_path: Annotated[Path, typer.Argument(metavar="MAP", help="Prediction map GeoTIFF (e.g. prediction.tif).")],
+    polygons: Annotated[Path, typer.Argument(help="Admin units: GeoJSON, GeoPackage or Shapefile.")],
+    population: Annotated[Optional[Path], typer.Option(help="Population raster on the map's grid: weights the "
+                                                       "means by people instead of area.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder for aggregates.{gpkg|geojson,csv,parquet}.")] = Path("."),
+    id_column: Annotated[Optional[str], typer.Option("--id-column", help="Column naming each polygon (checked "
+                                                     "unique, written first).")] = None,
+    band: Annotated[int, typer.Option(help="Prediction band when no band is described 'prediction'.")] = 1,
+    format_: Annotated[str, typer.Option("--format", help="Vector output: gpkg or geojson.")] = "gpkg",
+) -> None:
+    """Per-polygon (population-)weighted mean prediction and interval, coverage and nodata share of a map."""
+    from geocnn.outputs.aggregate import aggregate as aggregate_map
+
+    result = aggregate_map(map_path, polygons, out, population=population, id_column=id_column, band=band,
+                           fmt=format_)
+    for note in result.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    for key, path in result.paths.items():
+        typer.echo(f"{key:<18} {path}")
 
 
 @app.command()
@@ -557,6 +644,33 @@ def score(
     else:
         scores = score_table(frame, target, prediction, group, by, source=str(table))
     typer.echo(json.dumps(scores, indent=2))
+
+
+@app.command()
+@guarded
+def compare(
+    first: Annotated[Path, typer.Argument(help="Run output_dir (its predictions.parquet) or predictions table A.")],
+    second: Annotated[Path, typer.Argument(help="Run output_dir or predictions table B, same ids and truth.")],
+    target: Annotated[str, typer.Option(help="Observed values column (the true class for classification).")],
+    prediction: Annotated[Optional[str], typer.Option(help="Predicted values column of a regression (default "
+                                                           "pred_<target>).")] = None,
+    group: Annotated[Optional[str], typer.Option(help="Resample whole groups (e.g. country) in the bootstrap.")]
+    = None,
+    all_rows: Annotated[bool, typer.Option("--all-rows", help="Compare every common row, not only rows held out "
+                                                              "(split=test) in both runs.")] = False,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+) -> None:
+    """Paired test of two models on the same rows; print one JSON object.
+
+    Classes (prob_<class> columns): McNemar's exact test on the galaxies only one model gets right. Regression: a
+    paired bootstrap of R2. Both with 95 % bootstrap intervals of each model's metrics."""
+    from geocnn.evaluation.compare import compare_tables
+    from geocnn.outputs.tables import read_table
+
+    paths = [p / "predictions.parquet" if p.is_dir() else p for p in (first, second)]
+    result = compare_tables(read_table(paths[0]), read_table(paths[1]), target, prediction, group, not all_rows,
+                            resamples, sources=(str(paths[0]), str(paths[1])))
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()

@@ -110,9 +110,24 @@ class MapsConfig(Strict):
     all_scenes: bool = Field(False, description="Map every scene of earth.scenes, one task each on "
                              "orchestration.task_runner, then mosaic them (VRT + merged COG + per-scene table); "
                              "default: the first scene only.")
+    units: str | None = Field(None, description="Units of the mapped target (e.g. 'standard deviations of the "
+                              "pooled asset index'): in the colour-bar label and the GeoTIFF tag UNITS.")
+    definition: str | None = Field(None, description="One-line definition of the mapped target (e.g. 'first "
+                                   "principal component of DHS household assets'): under the quicklook and in "
+                                   "the GeoTIFF tag DEFINITION.")
+    diverging: bool | None = Field(None, description="Draw the quicklook with a diverging colour map centred at 0 "
+                                   "(true) or a sequential one (false); default: diverging when the training "
+                                   "target's range spans 0 (centred indices such as an asset index).")
+    mask_to_grid: bool = Field(True, description="With target_grid: pixels that are nodata (or NaN) in the grid "
+                               "raster are nodata in the map too (no predictions over sea or other countries).")
     html: bool = Field(True, description="Also write prediction.html beside the COG: a self-contained Leaflet map of "
                        "the prediction (and interval width) with the held-out clusters, viewable offline.")
-    units: str = Field("", description="Units of the target for the map's colour bar caption (e.g. 'IWI points').")
+    aggregate_polygons: str | None = Field(None, description="Admin units (GeoJSON, GeoPackage or Shapefile) to "
+                                           "aggregate the run's map over: weighted mean prediction and interval, "
+                                           "coverage and nodata share per polygon (maps/aggregates.gpkg, .csv, "
+                                           ".parquet; `geocnn aggregate` does the same for any map).")
+    aggregate_population: str | None = Field(None, description="Population raster on the map's grid: with "
+                                             "aggregate_polygons, the means are weighted by people, not area.")
 
 
 class TwoStageConfig(Strict):

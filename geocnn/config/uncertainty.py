@@ -20,6 +20,9 @@ class UncertaintyConfig(Strict):
         "none", description="Conformal quantiles per category (Mondrian): none (one quantile), group (the split "
         "group, e.g. country: rows of a group never calibrated fall back to the pooled quantile), urban "
         "(urban/rural), class (the predicted class; classification).")
+    normalise: Literal["none", "tta_spread"] = Field(
+        "none", description="Difficulty estimate scaling each interval: none (one width per category). tta_spread "
+        "(the spread of the test-time views) is refused: maps, predict and watch do not compute it yet.")
     temperature: bool = Field(True, description="Classification: fit a temperature on the validation split "
                               "(never test) and report expected calibration error before/after on test.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of the held-out rows for 95 % intervals "
@@ -27,6 +30,16 @@ class UncertaintyConfig(Strict):
     bootstrap_level: float = Field(0.95, description="Confidence level of the bootstrap intervals.")
     review: int = Field(24, ge=0, description="Galaxies: how many of the least certain test/unlabelled galaxies to "
                         "rank in review.csv and its montage (what to look at next); 0: off.")
+
+    @field_validator("normalise")
+    @classmethod
+    def _no_spread(cls, value: str) -> str:
+        if value == "tta_spread":
+            raise ValueError("uncertainty.normalise=tta_spread is not supported: the spread of the test-time views is "
+                             "not computed by training, predict, map or watch, so the bundle's intervals could not be "
+                             "applied; use uncertainty.normalise: none (or uncertainty.mondrian: group/urban for "
+                             "widths that differ by category)")
+        return value
 
     @field_validator("level", "bootstrap_level")
     @classmethod

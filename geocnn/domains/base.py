@@ -24,9 +24,26 @@ from geocnn.config import AnyExperiment, AugmentConfig, ModelConfig, SplitConfig
 from geocnn.data.catalog import GROUP, IMAGE, LAT, LON, SPLIT, URBAN, Catalog
 from geocnn.data.chips import ChipSource, ChipSpec
 from geocnn.data.fingerprint import ingest_key
+from geocnn.data.profile import (
+    TrainingProfile,
+    check_inputs,
+    enforce,
+    file_dtype,
+    flag_targets,
+    flags_outputs,
+    pixel_size_m,
+    profile_store,
+)
 from geocnn.data.splits import n_folds, sample_groups, split_store
 from geocnn.data.store import ChipStore
-from geocnn.domains.calibrate import calibrate, calibrated_columns, metric_intervals
+from geocnn.domains.calibrate import (
+    calibrate,
+    calibrated_columns,
+    champion_test,
+    check_calibration_rows,
+    coverage_text,
+    metric_intervals,
+)
 from geocnn.errors import GeocnnError
 from geocnn.evaluation.baselines import out_of_fold
 from geocnn.evaluation.conformal import Calibration
@@ -159,6 +176,7 @@ class Domain:
                         "ignores it. Set split.method: predefined to keep it.", store.meta["source"], SPLIT,
                         cfg.split.method)
         check_plan(store, CnnPlan.of(cfg))
+        check_uncertainty(store, cfg)
 
     def train(self, store: ChipStore, cfg: AnyExperiment, run_id: str | None = None,
               progress: bool = True) -> Trained:
@@ -194,7 +212,12 @@ class Domain:
         return Preprocessing(domain=cfg.domain, chips=store.spec, bands=store.bands, dtype=store.meta["dtype"],
                              mean=list(net.mean), std=list(net.std), tta_views=cfg.augment.tta_views,
                              task=net.task, targets=list(net.targets), classes=list(net.classes),
-                             stage2=trained.stage2, start=trained.weights.to_dict() if trained.weights else None)
+                             stage2=trained.stage2, start=trained.weights.to_dict() if trained.weights else None,
+                             profile=self.input_profile(store, trained, cfg))
+
+    def input_profile(self, store: ChipStore, trained: Trained, cfg: AnyExperiment) -> TrainingProfile:
+        """What the model was trained on, for the out-of-distribution checks of predict, map and watch."""
+        return training_profile(store, trained)
 
     def outputs(self, trained: Trained, evaluation: Evaluation, store: ChipStore, cfg: AnyExperiment,
                 bundle: Path) -> dict[str, Path]:
@@ -220,10 +243,13 @@ class Domain:
     """File patterns a watch folder picks up for this domain's models."""
 
     def predict_files(self, bundle: Bundle, ids: list[str], files: list[Path], out_dir: Path, batch_size: int = 64,
-                      device: str = "auto", stride_px: int | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
+                      device: str = "auto", stride_px: int | None = None,
+                      strict: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
         """Predict new files with a bundle: a table row per file (id = ``ids``), and the failures (id -> error).
 
-        Default: each file is one sample cut into chips as in training; an unreadable file fails alone.
+        Default: each file is one sample cut into chips as in training; an unreadable file fails alone. Files unlike
+        the training data are logged (``strict``: the batch is refused before anything is predicted); rows
+        predicted far outside the training target range get ``out_of_range`` True.
         """
         pre = bundle.preprocessing
         rows: list[np.ndarray] = []
@@ -241,13 +267,44 @@ class Domain:
                 ok.append(i)
         if not ok:
             return pd.DataFrame(), failures
+        with ChipSource(pre.chips, "watch folder") as src:
+            guard_chips(pre, src, {"id": ids[ok[0]], "image": str(files[ok[0]])}, np.concatenate(rows),
+                        f"watch folder ({len(ok)} files from {files[ok[0]]})", strict)
         pred = bundle_forward(bundle, device)(np.concatenate(rows), batch_size=batch_size)
         spec, targets = output_task(bundle)
         frame = predictions_frame(np.array([ids[i] for i in ok]), pred, spec, targets)
         for column, values in calibrated_columns(pre.calibration, pred, targets).items():
             frame[column] = values
+        add_out_of_range(frame, pre, pred, targets)
         frame.insert(1, "file", [str(files[i]) for i in ok])
         return frame, failures
+
+
+def training_profile(store: ChipStore, trained: Trained, resolution_m: float | None = None,
+                     chip_m: float | None = None, dtype: str | None = None) -> TrainingProfile:
+    """The profile of the train split's chips and targets (out-of-fold runs, which have no train split: every
+    sample, each of which trained some fold's model), targets in the units the model predicts."""
+    samples = store.samples()
+    train = np.asarray(trained.split) == "train"
+    if not train.any():
+        train = np.ones(len(samples), bool)
+    rows = np.flatnonzero(train[store.sample_of_rows()])
+    return profile_store(store, rows, training_targets(samples, trained).loc[train], resolution_m, chip_m, dtype)
+
+
+def training_targets(samples: pd.DataFrame, trained: Trained) -> pd.DataFrame:
+    """Every sample's observed value of each continuous model output (prediction units; NaN where not scored);
+    no columns for class outputs."""
+    if trained.stage2 is not None:
+        name = trained.stage2.target
+        values = pd.to_numeric(samples[name], errors="coerce") if name in samples.columns else np.nan
+        return pd.DataFrame({name: values}, index=samples.index)
+    net = trained.net.spec
+    if net.classes:
+        return pd.DataFrame(index=samples.index)
+    spec, targets = task_spec(net.task), net.target_info
+    truth, mask = spec.truth(spec.target_array(samples, targets), targets)
+    return pd.DataFrame(np.where(mask, truth, np.nan), columns=targets.names, index=samples.index)
 
 
 def output_task(bundle: Bundle) -> tuple[TaskSpec, Targets]:
@@ -265,19 +322,24 @@ def bundle_forward(bundle: Bundle, device: str = "auto", views: int | None = Non
 
 def predict_catalog(bundle: Bundle, catalog: Catalog, batch_size: int = 64, device: str = "auto",
                     views: int | None = None, scenes: list[str] | None = None, progress: bool = False,
-                    chunk: int = 1024, failures: dict[str, str] | None = None) -> pd.DataFrame:
+                    chunk: int = 1024, failures: dict[str, str] | None = None, strict: bool = False) -> pd.DataFrame:
     """Predict every catalog row with a bundle: chips cut as in training (files, or windows of the bundle's scenes
     or ``scenes`` around each point), through the bundle's forward loop, averaged over each sample's chips.
 
     Chips with more nodata than the bundle allows are left out; a sample with none left gets NaN. With
     ``failures`` (id -> error), a row whose file cannot be read is recorded there and left out of the table
     instead of stopping the batch.
+
+    The first chunk's chips (and the scenes' pixel size and band type) are checked against the bundle's training
+    profile: differences are logged, and with ``strict`` refused before anything is predicted. Rows predicted far
+    outside the training target range get ``out_of_range`` True (continuous outputs of bundles with a profile).
     """
     pre = bundle.preprocessing
     spec = pre.chips if not scenes else ChipSpec.model_validate({**pre.chips.model_dump(), "scenes": list(scenes)})
     forward = bundle_forward(bundle, device, views)
     rows = catalog.frame.to_dict("records")
     pred = np.full((len(rows), forward.width), np.nan)
+    guarded = False
     with ChipSource(spec, catalog.source) as src:
         for start in range(0, len(rows), chunk):
             chips, owner = [], []
@@ -299,6 +361,9 @@ def predict_catalog(bundle: Bundle, catalog: Catalog, batch_size: int = 64, devi
                 continue
             stacked = np.stack(chips)
             check_chips(pre, stacked.shape, catalog.source)
+            if not guarded:
+                guard_chips(pre, src, rows[owner[0]], stacked, catalog.source, strict)
+                guarded = True
             values = forward(stacked, batch_size=batch_size, progress=progress)
             owner_arr = np.asarray(owner)
             for i in np.unique(owner_arr):
@@ -309,7 +374,30 @@ def predict_catalog(bundle: Bundle, catalog: Catalog, batch_size: int = 64, devi
     frame = predictions_frame(catalog.frame["id"].to_numpy(), pred, task, targets, context)
     for column, values in calibrated_columns(pre.calibration, pred, targets, catalog.frame).items():
         frame[column] = values
+    add_out_of_range(frame, pre, pred, targets)
     return frame[~frame["id"].isin(list(failures or {}))].reset_index(drop=True)
+
+
+def guard_chips(pre: Preprocessing, src: ChipSource, row: dict[str, Any], chips: np.ndarray, source: str,
+                strict: bool = False) -> list[str]:
+    """Check chips cut by ``src`` (``row``: one of theirs, for the band names) against the bundle's training profile:
+    the scenes' pixel size and band type (else the chips' type), band names and values. Logged; ``strict``: refused.
+    """
+    if pre.profile is None:
+        return []
+    scene = src.scenes[0] if src.scenes else None
+    dtype = file_dtype(scene.paths[0]) if scene is not None else str(chips.dtype)
+    resolution = pixel_size_m(scene.crs, scene.res) if scene is not None else None
+    warnings = check_inputs(pre.profile, chips, src.band_names(row), dtype, resolution)
+    enforce(warnings, source, strict)
+    return warnings
+
+
+def add_out_of_range(frame: pd.DataFrame, pre: Preprocessing, pred: np.ndarray, targets: Targets) -> None:
+    """Add ``out_of_range`` (bool): a prediction far outside the training target range (flag_targets), for
+    continuous outputs of a bundle whose profile records their ranges."""
+    if not targets.classes and flags_outputs(pre.profile, targets.names, pred.shape[1]):
+        frame["out_of_range"] = flag_targets(pre.profile, pred, targets.names)
 
 
 # ------------------------------------------------------------------------------------------------- fitting
@@ -321,6 +409,18 @@ def epoch_logger(run_id: str | None, prefix: str = "") -> list[L.Callback] | Non
 def targets_of(store: ChipStore, model: ModelConfig) -> tuple[TaskSpec, Targets]:
     """The task spec and target description of a store trained under ``model``."""
     return task_spec(model.task), Targets(store.targets, store.classes, model.sigmoid)
+
+
+def check_uncertainty(store: ChipStore, cfg: AnyExperiment) -> None:
+    """Enough calibration rows for uncertainty.level (the validation split, or every sample out of fold), checked
+    with the splits before anything is trained or written."""
+    samples = store.samples()
+    folded = bool(n_folds(samples, cfg.split))
+    split = None
+    if not folded:
+        spec, _ = targets_of(store, cfg.model)
+        split = split_store(store, cfg.split, store.targets[0] if spec.stratify else None).sample_split()
+    check_calibration_rows(samples, split, folded, cfg)
 
 
 def check_plan(store: ChipStore, plan: CnnPlan) -> None:
@@ -521,8 +621,9 @@ def export(trained: Trained, evaluation: Evaluation, store: ChipStore, cfg: AnyE
     if evaluation.coverage is not None:
         paths["coverage"] = write_table(evaluation.coverage, out / "coverage.csv")
     pre = domain.preprocessing(store, trained, cfg).model_copy(update={"calibration": evaluation.calibration})
+    run_id = read_state(out).get("run_id") if cfg.tracking.enabled else None  # the run open_run started
     paths["bundle"] = save_bundle(trained.net, out / "bundle", pre,
-                                  extra={"experiment": cfg.name, "store_key": store.meta["key"]})
+                                  extra={"experiment": cfg.name, "store_key": store.meta["key"], "run_id": run_id})
     paths.update(domain.outputs(trained, evaluation, store, cfg, paths["bundle"]))
     if evaluation.plots:
         paths["plots"] = evaluation.plots[0].parent
@@ -548,6 +649,12 @@ def track(run_id: str, trained: Trained, evaluation: Evaluation, paths: dict[str
     maps = [p for k, p in paths.items() if k.startswith("map_")]
     if maps:
         tracking.log_artifacts(run_id, maps, "maps")
+    aggregates = [p for k, p in paths.items() if k.startswith("aggregate_")]
+    if aggregates:
+        tracking.log_artifacts(run_id, aggregates, "aggregates")
+    review = [p for k, p in paths.items() if k.startswith("review")]  # what to look at next (galaxies)
+    if review:
+        tracking.log_artifacts(run_id, review, "review")
     table = evaluation.table
     labels = table["fold"] if "fold" in table.columns else table["split"]
     signature = registry.split_signature(table["id"].to_numpy(), labels.astype(str).to_numpy())
@@ -592,6 +699,16 @@ def headline_metric(metrics: dict[str, float]) -> str | None:
     return None
 
 
+def headline_text(metrics: dict[str, float]) -> str | None:
+    """The headline held-out metric with its bootstrap interval, e.g. ``r2 0.5800 [0.5600, 0.6000]``."""
+    headline = headline_metric(metrics)
+    if headline is None:
+        return None
+    text = f"{headline} {metrics[f'test/{headline}']:.4f}"
+    low, high = metrics.get(f"test/{headline}_ci_low"), metrics.get(f"test/{headline}_ci_high")
+    return text if low is None or high is None else f"{text} [{low:.4f}, {high:.4f}]"
+
+
 def run_description(cfg: AnyExperiment, domain: Domain, trained: Trained, store: ChipStore,
                     metrics: dict[str, float], headline: str | None) -> str:
     """What was trained on what, and the headline held-out metric beside its baseline (the run's description)."""
@@ -614,7 +731,8 @@ def run_description(cfg: AnyExperiment, domain: Domain, trained: Trained, store:
         others = [f"{k.split('/')[0]} {v:.4f}" for k, v in sorted(metrics.items())
                   if k.startswith("baseline_") and k.endswith(f"/{headline}") and k.count("/") == 1]
         text += f" (other baselines: {', '.join(others)})." if others else "."
-    return text
+    covered = coverage_text(metrics)
+    return f"{text} {covered}" if covered else text
 
 
 def champion_rescore(cfg: AnyExperiment, name: str, store: ChipStore, trained: Trained, evaluation: Evaluation,
@@ -657,8 +775,11 @@ def champion_rescore(cfg: AnyExperiment, name: str, store: ChipStore, trained: T
         ours, other = scores.get(f"validation/{key}"), scores.get(f"champion/{key}")
         if ours is None or other is None:
             return None
+        test, p_value = champion_test(y[rows], trained.pred[rows], theirs[rows], spec, targets,
+                                      None if trained.groups is None else trained.groups[rows], cfg, key) or ("", None)
         return registry.Comparison(ours, other, len(rows), f"{len(rows)} validation rows the champion never "
-                                                           "trained on (the data changed since it was trained)")
+                                                           "trained on (the data changed since it was trained)",
+                                   p_value, test)
 
     return rescore
 
@@ -722,6 +843,10 @@ def summary(evaluation: Evaluation, paths: dict[str, Path], run_id: str | None, 
     out: dict[str, Any] = {"metrics": evaluation.metrics, "outputs": {k: str(v) for k, v in paths.items()},
                            "run_id": run_id, "samples": len(evaluation.table), "store": str(store.root),
                            "store_key": store.meta["key"], **tracked}
+    if headline_text(evaluation.metrics):
+        out["headline"] = headline_text(evaluation.metrics)
+    if coverage_text(evaluation.metrics):
+        out["uncertainty"] = coverage_text(evaluation.metrics)
     if trained.resumed_at_epoch is not None:
         out["resumed_at_epoch"] = trained.resumed_at_epoch
     if trained.weights is not None:

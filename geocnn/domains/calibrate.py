@@ -9,6 +9,7 @@ unlike the others shows up as under-covered instead of being averaged away.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pandas as pd
 
 from geocnn.config import AnyExperiment
 from geocnn.data.catalog import GROUP, URBAN
+from geocnn.data.sources.survey import URBAN_WORDS
 from geocnn.errors import GeocnnError
 from geocnn.evaluation.bootstrap import Truth, bootstrap_intervals, mcnemar, paired_bootstrap
 from geocnn.evaluation.calibration import expected_calibration_error, fit_temperature, temper
@@ -26,6 +28,7 @@ from geocnn.evaluation.conformal import (
     fit_intervals,
     fit_sets,
     intervals,
+    min_rows,
     prediction_sets,
 )
 from geocnn.models.tasks import Targets, TaskSpec
@@ -70,7 +73,17 @@ def categories(mondrian: str, frame: pd.DataFrame, proba: np.ndarray | None = No
         hint = "data.group_column" if mondrian == "group" else "earth.urban_column"
         raise GeocnnError(f"uncertainty.mondrian={mondrian} needs a '{column}' column; set {hint} or use "
                           "uncertainty.mondrian: none")
-    return frame[column].astype(str).to_numpy(dtype=object)
+    return category_column(mondrian, frame[column])
+
+
+def category_column(mondrian: str, values: pd.Series) -> np.ndarray:
+    """A group or urban column as Mondrian categories: text; urban/rural codes (1/0, U/R, true/false, 1.0) as the
+    words 'urban'/'rural', so a catalog of raw codes meets the quantiles the survey's normalised column fitted."""
+    texts = values.astype(str)
+    if mondrian == "urban":
+        words = texts.str.strip().str.lower().str.replace(r"^(\d+)\.0$", r"\1", regex=True)
+        texts = words.map(lambda t: URBAN_WORDS.get(t, t))
+    return texts.to_numpy(dtype=object)
 
 
 def held_out_rows(split: np.ndarray, fold: np.ndarray | None, groups: np.ndarray | None,
@@ -82,6 +95,57 @@ def held_out_rows(split: np.ndarray, fold: np.ndarray | None, groups: np.ndarray
     units = np.asarray(groups).astype(str) if groups is not None else np.asarray(fold).astype(str)
     return Rows(finite, finite, units, "group" if groups is not None else "fold",
                 f"out-of-fold predictions of {int(finite.sum())} samples")
+
+
+def check_calibration_rows(samples: pd.DataFrame, split: np.ndarray | None, folded: bool,
+                           cfg: AnyExperiment) -> None:
+    """Refuse, before anything is trained or written, a run whose calibration rows (the validation split; with
+    folds every sample) are too few for ``uncertainty.level``, pooled or in a Mondrian group/urban category."""
+    u = cfg.uncertainty
+    if not u.enabled:
+        return
+    rows = np.ones(len(samples), bool)
+    if not folded:  # samples after the last one with chips have no split (and no prediction)
+        part = np.asarray(split)
+        rows[:] = False
+        rows[:len(part)] = part == "val"
+    need = min_rows(u.level)
+    where = "out-of-fold samples" if folded else "validation samples"
+    fix = ("lower uncertainty.level, hold out more samples (split.val_fraction, split.folds) or set "
+           "uncertainty.enabled: false")
+    if rows.sum() < need:
+        raise GeocnnError(f"uncertainty.level={u.level}: the conformal calibration would have {int(rows.sum())} "
+                          f"{where}, too few for {u.level:.0%} intervals/sets (at least {need}); {fix}")
+    if u.mondrian in ("group", "urban"):
+        names, counts = np.unique(categories(u.mondrian, samples)[rows].astype(str), return_counts=True)
+        small = [str(n) for n in names[counts < need]]
+        if small:
+            raise GeocnnError(f"uncertainty.mondrian={u.mondrian}: categories {small[:5]} have fewer than {need} "
+                              f"{where} to calibrate {u.level:.0%} intervals on; use uncertainty.mondrian: none or "
+                              f"{fix}")
+
+
+def coverage_text(metrics: dict[str, float]) -> str | None:
+    """One sentence of the run's measured coverage: nominal level, coverage and width (or set size) on rows the
+    calibration never saw, and the worst held-out group or fold. None when the run has no uncertainty."""
+    level = metrics.get("uncertainty/level")
+    if level is None:
+        return None
+    for tag, unit in (("loco_", "group"), ("cv_", "fold"), ("", "")):
+        if f"uncertainty/{tag}coverage" not in metrics:
+            continue
+        width, size = metrics.get(f"uncertainty/{tag}mean_width"), metrics.get("uncertainty/mean_set_size")
+        kind = "intervals" if width is not None else "sets"
+        how = f"each {unit} held out of the calibration" if unit else "test samples"
+        text = f"{level:.0%} conformal {kind} cover {metrics[f'uncertainty/{tag}coverage']:.1%} ({how}"
+        text += f", mean width {width:.4g})" if width is not None else \
+            f", mean set size {size:.2f})" if size is not None else ")"
+        per = {k.rsplit("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"uncertainty/{tag}coverage/")}
+        if unit and per:
+            worst = min(per, key=per.get)
+            text += f"; worst {unit} {worst} {per[worst]:.1%}"
+        return text + "."
+    return None
 
 
 def calibrate(pred: np.ndarray, y: np.ndarray, samples: pd.DataFrame, split: np.ndarray, fold: np.ndarray | None,
@@ -133,7 +197,7 @@ def _intervals(pred: np.ndarray, y: np.ndarray, samples: pd.DataFrame, rows: Row
                     interval_columns(lower, upper, names))
     if rows.units is None:
         held = rows.measure
-        out.metrics.update(_interval_scores("uncertainty/", truth[held], lower[held], upper[held], names))
+        out.metrics.update(_interval_scores("", truth[held], lower[held], upper[held], names))
         return out
     # each unit held out of its own calibration: the honest coverage of a new country (or fold)
     lo, hi = np.full_like(pred, np.nan, dtype=float), np.full_like(pred, np.nan, dtype=float)
@@ -143,27 +207,36 @@ def _intervals(pred: np.ndarray, y: np.ndarray, samples: pd.DataFrame, rows: Row
         lo[inside], hi[inside] = intervals(fit(rows.calibrate & (rows.units != unit)), pred[inside], names,
                                            None if cats is None else cats[inside])
         scores = _interval_scores("", truth[inside], lo[inside], hi[inside], names)
-        records.append({rows.unit_name: unit, "n": int(inside.sum()), "coverage": scores["coverage"],
-                        "mean_width": scores["mean_width"], "nominal": u.level})
+        records.append({rows.unit_name: unit, "n": int(inside.sum()), "coverage": scores["uncertainty/coverage"],
+                        "mean_width": scores["uncertainty/mean_width"], "nominal": u.level})
     tag = "loco" if rows.unit_name == "group" else "cv"
     held = rows.measure
-    out.metrics.update(_interval_scores(f"uncertainty/{tag}_", truth[held], lo[held], hi[held], names))
+    out.metrics.update(_interval_scores(f"{tag}_", truth[held], lo[held], hi[held], names))
     table = pd.DataFrame(records).sort_values("coverage", kind="stable")
-    out.metrics.update({f"uncertainty/{tag}_coverage/{r[rows.unit_name]}": r["coverage"] for r in records})
+    out.metrics.update({f"uncertainty/{tag}_coverage/{metric_name(r[rows.unit_name])}": r["coverage"]
+                        for r in records})
     out.metrics[f"uncertainty/{tag}_worst_coverage"] = float(table["coverage"].iloc[0])
     out.coverage = table.reset_index(drop=True)
     return out
 
 
-def _interval_scores(prefix: str, truth: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+def metric_name(unit: object) -> str:
+    """A group or output name as an MLflow metric key part (letters, digits, _ - . and spaces; others become _)."""
+    return re.sub(r"[^0-9A-Za-z_\-. ]", "_", str(unit))
+
+
+def _interval_scores(tag: str, truth: np.ndarray, lower: np.ndarray, upper: np.ndarray,
                      names: list[str]) -> dict[str, float]:
-    """Coverage and mean width, pooled over outputs (and per output when there are several)."""
+    """``uncertainty/<tag>coverage`` and ``.../<tag>mean_width``, pooled over outputs, and with several outputs
+    ``uncertainty/<output>/<tag>coverage`` (apart from the per-group keys ``uncertainty/<tag>coverage/<group>``)."""
     covered = [coverage(truth[:, t], lower[:, t], upper[:, t]) for t in range(len(names))]
     width = [float(np.nanmean(upper[:, t] - lower[:, t])) if len(truth) else float("nan") for t in range(len(names))]
-    out = {f"{prefix}coverage": float(np.nanmean(covered)), f"{prefix}mean_width": float(np.nanmean(width))}
+    out = {f"uncertainty/{tag}coverage": float(np.nanmean(covered)),
+           f"uncertainty/{tag}mean_width": float(np.nanmean(width))}
     if len(names) > 1:
         for name, c, w in zip(names, covered, width):
-            out[f"{prefix}coverage/{name}"], out[f"{prefix}mean_width/{name}"] = c, w
+            key = f"uncertainty/{metric_name(name)}/{tag}"
+            out[f"{key}coverage"], out[f"{key}mean_width"] = c, w
     return out
 
 
@@ -224,7 +297,7 @@ def calibrated_columns(cal: Calibration | None, pred: np.ndarray, targets: Targe
         return {}
     frame = frame if frame is not None else pd.DataFrame(index=range(len(pred)))
     column = {"group": GROUP, "urban": URBAN}.get(cal.mondrian or "")
-    cats = frame[column].astype(str).to_numpy(dtype=object) if column and column in frame.columns else None
+    cats = category_column(cal.mondrian, frame[column]) if column and column in frame.columns else None
     if cal.kind == "set":
         tempered = temper(pred, cal.temperature)
         if cal.mondrian == "class":
@@ -236,6 +309,28 @@ def calibrated_columns(cal: Calibration | None, pred: np.ndarray, targets: Targe
     names = list(cal.quantiles)
     lower, upper = intervals(cal, pred, names, cats)
     return interval_columns(lower, upper, names)
+
+
+def held_truth(y: np.ndarray, spec: TaskSpec, targets: Targets) -> Truth:
+    """What the bootstrap needs of held-out truth: class codes for classes, values and a mask of scored ones else."""
+    if spec.conformal == "set":
+        return Truth(labels=np.asarray(y).astype(int))
+    values, mask = spec.truth(np.asarray(y), targets)
+    return Truth(values=np.asarray(values, float), mask=np.asarray(mask, bool))
+
+
+def paired_test(truth: Truth, ours: np.ndarray, theirs: np.ndarray, groups: np.ndarray | None, cfg: AnyExperiment,
+                metric: str | None = None) -> tuple[str, dict[str, float]]:
+    """Two models on the same rows: McNemar's exact test for classes, else a paired bootstrap of ``metric`` (r2 for
+    one target, rmse for several when it is not one the bootstrap computes). Returns the test's name and result."""
+    if truth.labels is not None:
+        return "McNemar", mcnemar(ours.argmax(1) == truth.labels, theirs.argmax(1) == truth.labels)
+    one = truth.values.shape[1] == 1
+    if metric not in (("r2", "rmse", "mae", "pearson_r2") if one else ("rmse",)):
+        metric = "r2" if one else "rmse"
+    u = cfg.uncertainty
+    return f"paired bootstrap of {metric}", paired_bootstrap(truth, ours, theirs, metric, groups, u.bootstrap,
+                                                             u.bootstrap_level, cfg.seed)
 
 
 def metric_intervals(predictions: dict[str, np.ndarray], y: np.ndarray, scored: np.ndarray, spec: TaskSpec,
@@ -252,23 +347,25 @@ def metric_intervals(predictions: dict[str, np.ndarray], y: np.ndarray, scored: 
     if ok.sum() < 2:
         return {}
     held = {name: p[ok] for name, p in held.items()}
-    classes = spec.conformal == "set"
-    if classes:
-        truth = Truth(labels=np.asarray(y)[scored][ok].astype(int))
-    else:
-        values, mask = spec.truth(np.asarray(y)[scored][ok], targets)
-        truth = Truth(values=np.asarray(values, float), mask=np.asarray(mask, bool))
+    truth = held_truth(np.asarray(y)[scored][ok], spec, targets)
     units = None if groups is None else np.asarray(groups)[scored][ok]
     ci = bootstrap_intervals(truth, held, units, u.bootstrap, u.bootstrap_level, cfg.seed)
     out = {k: v for k, v in ci.items() if k.rsplit("_ci_", 1)[0] in metrics}
-    metric = "r2" if truth.values is not None and truth.values.shape[1] == 1 else "rmse"
     for name, pred in held.items():
-        if name == "test":
-            continue
-        if classes:
-            test = mcnemar(held["test"].argmax(1) == truth.labels, pred.argmax(1) == truth.labels)
-        else:
-            test = paired_bootstrap(truth, held["test"], pred, metric, units, u.bootstrap, u.bootstrap_level,
-                                    cfg.seed)
-        out.update({f"compare/{name}/{k}": v for k, v in test.items()})
+        if name != "test":
+            _, test = paired_test(truth, held["test"], pred, units, cfg)
+            out.update({f"compare/{name}/{k}": v for k, v in test.items()})
     return out
+
+
+def champion_test(y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, spec: TaskSpec, targets: Targets,
+                  groups: np.ndarray | None, cfg: AnyExperiment, metric: str) -> tuple[str, float] | None:
+    """Candidate vs champion on the same validation rows: the paired test's name and p-value (None: fewer than 2 rows
+    both models predicted, or a bootstrap test with uncertainty.bootstrap=0)."""
+    ok = np.isfinite(np.asarray(ours, float)).all(axis=1) & np.isfinite(np.asarray(theirs, float)).all(axis=1)
+    truth = held_truth(np.asarray(y)[ok], spec, targets)
+    if ok.sum() < 2 or (truth.labels is None and cfg.uncertainty.bootstrap == 0):
+        return None
+    name, test = paired_test(truth, np.asarray(ours, float)[ok], np.asarray(theirs, float)[ok],
+                             None if groups is None else np.asarray(groups)[ok], cfg, metric)
+    return name, test["p_value"]

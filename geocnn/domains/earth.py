@@ -16,18 +16,28 @@ import rasterio
 from pydantic import BaseModel
 
 from geocnn import fanout
-from geocnn.config import EarthExperiment, ModelConfig, SplitConfig, derive
+from geocnn.config import EarthExperiment, MapsConfig, ModelConfig, SplitConfig, derive
 from geocnn.data.catalog import ID, IMAGE, LAT, LON, Catalog
 from geocnn.data.chips import ChipSpec, sample_points, tile_size_m
 from geocnn.data.fingerprint import files_under
+from geocnn.data.profile import TrainingProfile, pixel_size_m
 from geocnn.data.sources.images import file_root, folder_of, is_folder, location, resolve_files
 from geocnn.data.sources.raster import label_statistic, open_scene
 from geocnn.data.sources.scenes import resolve_scenes
 from geocnn.data.sources.survey import read_survey
 from geocnn.data.splits import group_folds, sample_groups
 from geocnn.data.store import ChipStore, LabelSpec, build_store
-from geocnn.domains.base import CnnPlan, Domain, Evaluation, Trained, check_plan, held_out_metrics, train_cnn
-from geocnn.domains.earth_maps import map_scene, map_scenes
+from geocnn.domains.base import (
+    CnnPlan,
+    Domain,
+    Evaluation,
+    Trained,
+    check_plan,
+    held_out_metrics,
+    train_cnn,
+    training_profile,
+)
+from geocnn.domains.earth_maps import map_scene, map_scenes, out_of_range
 from geocnn.errors import GeocnnError
 from geocnn.evaluation.baselines import gbm_baseline
 from geocnn.evaluation.plots import plot_residual_map
@@ -35,6 +45,7 @@ from geocnn.inference.bundle import Bundle, Preprocessing, Stage2
 from geocnn.inference.predict import Forward
 from geocnn.models.ridge import Stage2Ridge, fit_ridge, nested_ridge
 from geocnn.models.tasks import ScoreInput, Targets, TaskSpec, task_spec
+from geocnn.outputs.aggregate import aggregate
 from geocnn.outputs.webmap import VECTOR_SUFFIXES, write_webmap
 from geocnn.synthetic.earth import make_scene
 from geocnn.tracking import runs as tracking
@@ -51,13 +62,17 @@ class EarthDomain(Domain):
     maps = True
 
     def predict_files(self, bundle: Bundle, ids: list[str], files: list[Path], out_dir: Path, batch_size: int = 128,
-                      device: str = "auto", stride_px: int | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
-        """Map each new scene (COG + PNG under out_dir/maps/<id>/); a row per scene with map paths and statistics."""
+                      device: str = "auto", stride_px: int | None = None,
+                      strict: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+        """Map each new scene (COG + PNG under out_dir/maps/<id>/); a row per scene with map paths and statistics
+        (``out_of_range``: its lowest or highest prediction far outside the training target range). A scene unlike
+        the training data is logged (``strict``: fails alone)."""
         rows, failures = [], {}
         for sample_id, path in zip(ids, files):
             target = out_dir / "maps" / Path(sample_id).with_suffix("")
             try:
-                paths = map_scene(bundle, [str(path)], target, stride_px, batch_size=batch_size, device=device)
+                paths = map_scene(bundle, [str(path)], target, stride_px, batch_size=batch_size, device=device,
+                                  strict=strict)
                 with rasterio.open(paths["map_tif"]) as src:
                     values = src.read(1, masked=True).astype(np.float64).filled(np.nan)
             except Exception as exc:  # noqa: BLE001 - a corrupt or mismatched scene fails alone
@@ -68,7 +83,8 @@ class EarthDomain(Domain):
                          "map_png": str(paths["map_png"]), "valid_pixels": int(finite.size),
                          "mean": float(finite.mean()) if finite.size else np.nan,
                          "min": float(finite.min()) if finite.size else np.nan,
-                         "max": float(finite.max()) if finite.size else np.nan})
+                         "max": float(finite.max()) if finite.size else np.nan,
+                         "out_of_range": out_of_range(bundle, finite.min(), finite.max()) if finite.size else False})
         return pd.DataFrame(rows), failures
 
     def prepare(self, cfg: EarthExperiment) -> EarthExperiment:
@@ -205,6 +221,17 @@ class EarthDomain(Domain):
         return Preprocessing.model_validate({**pre.model_dump(),
                                              "resolution_m": None if footprint is None else footprint / pre.chip_px})
 
+    def input_profile(self, store: ChipStore, trained: Trained, cfg: EarthExperiment) -> TrainingProfile:
+        """The training profile with the imagery's ground pixel size, chip footprint and file data type (scenes:
+        the first scene's; tiles: the chip pixel size and the stored chips' type)."""
+        footprint = _footprint_m(store, cfg)
+        resolution = None if footprint is None else footprint / store.spec.out_px
+        dtype = None
+        if not cfg.data.tiles and cfg.earth.scenes:
+            with open_scene(cfg.earth.scenes[0], cfg.earth.bands, cfg.earth.nodata) as scene:
+                resolution, dtype = pixel_size_m(scene.crs, scene.res), str(scene.dtypes[0])
+        return training_profile(store, trained, resolution, footprint, dtype)
+
     def outputs(self, trained: Trained, evaluation: Evaluation, store: ChipStore, cfg: EarthExperiment,
                 bundle: Path) -> dict[str, Path]:
         """The map of the first scene (or the part under maps.target_grid) with the run's bundle."""
@@ -215,18 +242,40 @@ class EarthDomain(Domain):
         scenes = cfg.earth.scenes if cfg.maps.all_scenes else cfg.earth.scenes[:1]
         paths = map_scenes(bundle, scenes, cfg.out / "maps", cfg.maps.stride_px, cfg.maps.target_grid,
                            cfg.maps.batch_size, cfg.train.device, mapper=fanout.current(),
-                           title=f"{cfg.name}: predicted {target}")
+                           title=f"{cfg.name}: predicted {target}", style=map_style(cfg, evaluation.table),
+                           points=survey_points(evaluation.table))
+        if cfg.maps.aggregate_polygons:  # admin-level means of the map: aggregate_vector, _csv, _parquet
+            paths |= aggregate(paths["map_tif"], cfg.maps.aggregate_polygons, cfg.out / "maps",
+                               cfg.maps.aggregate_population).paths
         if cfg.maps.html:  # the held-out clusters over the map, areas when the map has aggregates
             table = evaluation.table
             held_out = table[table["split"] == "test"] if "split" in table.columns else table
             held_out = held_out if {LAT, LON} <= set(held_out.columns) else None  # tiles may have no coordinates
-            areas = next((p for k, p in paths.items() if "admin" in k and p.suffix in VECTOR_SUFFIXES), None)
+            areas = next((p for k, p in paths.items() if k.startswith("aggregate_") and p.suffix in VECTOR_SUFFIXES),
+                         None)
             paths["map_html"] = write_webmap(paths["map_tif"], paths["map_tif"].with_suffix(".html"), held_out,
-                                             areas, target, cfg.maps.units, f"{cfg.name}: predicted {target}")
+                                             areas, target, cfg.maps.units or "", f"{cfg.name}: predicted {target}")
         return paths
 
     def report_keys(self, cfg: EarthExperiment) -> list[str]:
         return ["test", "baseline", "baseline_nightlights", "baseline_gbm"]
+
+
+def map_style(cfg: EarthExperiment, table: pd.DataFrame) -> MapsConfig:
+    """maps.* with ``diverging`` decided: as configured, else diverging at 0 when the observed training target
+    spans 0 (a centred index such as the DHS asset index), sequential otherwise."""
+    target = cfg.data.targets[0] if cfg.data.targets else None
+    if cfg.maps.diverging is not None or target not in table.columns:
+        return cfg.maps
+    observed = pd.to_numeric(table[target], errors="coerce").dropna()
+    return cfg.maps.model_copy(update={"diverging": bool(len(observed)) and bool(observed.min() < 0 < observed.max())})
+
+
+def survey_points(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """The survey clusters' (lon, lat) to draw on maps, when the table has coordinates."""
+    if not {LAT, LON} <= set(table.columns):
+        return None
+    return table[LON].to_numpy(np.float64), table[LAT].to_numpy(np.float64)
 
 
 def _synthetic(cfg: EarthExperiment) -> EarthExperiment:
@@ -241,7 +290,13 @@ def _synthetic(cfg: EarthExperiment) -> EarthExperiment:
                         "data.group_column": cfg.data.group_column or "country",
                         "earth.scenes": e.scenes or [str(paths["scene"])],
                         "earth.label_raster": e.label_raster or str(paths["nightlights"]),
-                        "earth.urban_column": e.urban_column or "urban"})
+                        "earth.urban_column": e.urban_column or "urban",
+                        # the generated scene's countries and population: the map aggregated per country
+                        "maps.aggregate_polygons": cfg.maps.aggregate_polygons or (
+                            None if e.scenes else str(paths["countries"])),
+                        "maps.aggregate_population": cfg.maps.aggregate_population or (
+                            None if e.scenes else str(paths["population"])),
+                        "maps.units": cfg.maps.units or "wealth index (0-1)"})
 
 
 def _footprint_m(store: ChipStore, cfg: EarthExperiment) -> float | None:

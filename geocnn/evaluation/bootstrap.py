@@ -12,8 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest
 
-HEADLINE = ("accuracy", "r2", "rmse", "mae", "pearson_r2")
-"""Metrics that get bootstrap intervals (where the task reports them)."""
+HEADLINE = ("accuracy", "balanced_accuracy", "r2", "rmse", "mae", "pearson_r2")
+"""Metrics that get bootstrap intervals (where the task reports them): accuracy and balanced accuracy for classes,
+r2, rmse, mae and pearson_r2 for one continuous target, rmse for several (vote fractions). The rest (roc_auc,
+log_loss, per-class recall, per-question rmse) are reported as point estimates: they do not reduce to weighted sums
+of per-row terms, so resampling them would cost a full metric call per draw."""
 
 
 def resample_weights(n_rows: int, n: int = 1000, groups: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
@@ -45,8 +48,14 @@ def metric_draws(truth: Truth, pred: np.ndarray, weights: np.ndarray) -> dict[st
     """Each headline metric on each resample (and, with one weight row of ones, the point estimate)."""
     total = weights.sum(1)
     if truth.labels is not None:
-        correct = (np.asarray(pred).argmax(1) == truth.labels).astype(np.float32)
-        return {"accuracy": weights @ correct / total}
+        labels = np.asarray(truth.labels)
+        correct = (np.asarray(pred).argmax(1) == labels).astype(np.float32)
+        onehot = np.eye(max(int(labels.max()) + 1, np.asarray(pred).shape[1]), dtype=np.float32)[labels]
+        drawn, hits = weights @ onehot, weights @ (onehot * correct[:, None])  # (draws, classes)
+        present = drawn > 0
+        recall = np.where(present, hits / np.where(present, drawn, 1.0), 0.0)
+        balanced = recall.sum(1) / np.maximum(present.sum(1), 1)  # over the classes present, as sklearn's
+        return {"accuracy": weights @ correct / total, "balanced_accuracy": balanced}
     y, mask = truth.values, truth.mask
     p = np.where(mask, pred, 0.0)
     yy = np.where(mask, y, 0.0)

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import r2_score, root_mean_squared_error  # noqa: E402
 
 from geocnn.atomic import atomic_path  # noqa: E402
+from geocnn.evaluation.calibration import expected_calibration_error, reliability  # noqa: E402
 
 DPI = 110
 """Resolution of every saved figure."""
@@ -24,18 +25,25 @@ MAX_TARGETS = 12
 """``plot_pred_vs_true`` draws at most this many target columns."""
 MAX_PANELS = 64
 """``plot_montage`` draws at most this many images."""
+LEGEND_ENTRY_IN, LEGEND_CHAR_IN, LEGEND_ROW_IN = 0.45, 0.055, 0.19
+"""Legend sizing at font size 8: inches per entry (marker, gaps) plus per label character, and per row."""
+MARKERS = ("o", "s", "^", "D")
+"""Markers of groups beyond the colour map's colours (21st-40th group: squares, ...)."""
 
-__all__ = ["DPI", "MAX_PANELS", "MAX_TARGETS", "plot_confusion", "plot_montage", "plot_pred_vs_true"]
+__all__ = ["DPI", "MAX_PANELS", "MAX_TARGETS", "plot_confusion", "plot_montage", "plot_pred_vs_true",
+           "plot_reliability"]
 
 
 @contextmanager
-def _figure(path: str | Path, figsize: tuple[float, float], layout: str | None = "constrained") -> Iterator[Figure]:
-    """Yield a new figure; on success save it atomically to ``path`` as PNG; always close it."""
+def _figure(path: str | Path, figsize: tuple[float, float], layout: str | None = "constrained",
+            tight: bool = False) -> Iterator[Figure]:
+    """Yield a new figure; on success save it atomically to ``path`` as PNG (``tight``: cropped or grown to
+    everything drawn, so a legend outside the axes is never cut off); always close it."""
     fig = plt.figure(figsize=figsize, layout=layout)
     try:
         yield fig
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI)
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight" if tight else None, pad_inches=0.1)
     finally:
         plt.close(fig)
 
@@ -54,9 +62,11 @@ def plot_pred_vs_true(y_true: np.ndarray, y_pred: np.ndarray, targets: list[str]
         y_true: observed values, shape (N, T) (1-D is taken as T=1).
         y_pred: predictions, same shape.
         targets: the T column names; only the first ``MAX_TARGETS`` (12) are drawn, in a grid of up to 4
-            columns (figure width 3.4 in per column + 0.2, height 3.3 in per row, + 0.4 with a legend).
+            columns (figure width 3.4 in per column + 0.2, height 3.3 in per row, + 0.4 with a one-row legend).
         path: PNG file to write (atomically); parent folders are created.
-        groups: optional (N,) labels (e.g. survey or region); points are coloured by group with a legend.
+        groups: optional (N,) labels (e.g. survey or region); points are coloured by group with a legend: one
+            row under the panels when up to 6 short labels fit, else columns to the right (the figure is widened
+            and saved with a tight bounding box, so the legend is never cut off).
 
     Returns:
         ``path`` as a Path.
@@ -83,8 +93,16 @@ def plot_pred_vs_true(y_true: np.ndarray, y_pred: np.ndarray, targets: list[str]
     alpha = 0.8 if n <= 500 else 0.4
     group_values = [] if groups is None else sorted(set(groups.tolist()), key=str)  # stable colours per group
     colours = plt.get_cmap("tab10" if len(group_values) <= 10 else "tab20")
+    width, height = 3.4 * ncols + 0.2, 3.3 * nrows
+    entry_in = LEGEND_ENTRY_IN + LEGEND_CHAR_IN * max((len(str(g)) for g in group_values), default=0)
+    one_row = len(group_values) <= 6 and len(group_values) * entry_in <= width - 0.2
+    legend_cols = 0  # many groups (23 countries): columns right of the panels, grown into by a tight save
+    if groups is not None and not one_row:
+        legend_cols = math.ceil(len(group_values) / max(6, int((height - 0.3) / LEGEND_ROW_IN)))
+        width += legend_cols * entry_in
 
-    with _figure(path, (3.4 * ncols + 0.2, 3.3 * nrows + (0.4 if groups is not None else 0.0))) as fig:
+    with _figure(path, (width, height + (0.4 if one_row and groups is not None else 0.0)),
+                 tight=legend_cols > 0) as fig:
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
         for j, ax in enumerate(axes):
             if j >= shown:
@@ -97,7 +115,8 @@ def plot_pred_vs_true(y_true: np.ndarray, y_pred: np.ndarray, targets: list[str]
                 for k, g in enumerate(group_values):
                     mask = groups == g
                     ax.scatter(t[mask], p[mask], s=size, alpha=alpha, color=colours(k % colours.N),
-                               edgecolors="none", label=str(g), rasterized=n > 5000)
+                               marker=MARKERS[k // colours.N % len(MARKERS)], edgecolors="none", label=str(g),
+                               rasterized=n > 5000)
             finite = np.concatenate([t, p])
             finite = finite[np.isfinite(finite)]
             if finite.size:
@@ -118,7 +137,8 @@ def plot_pred_vs_true(y_true: np.ndarray, y_pred: np.ndarray, targets: list[str]
             ax.grid(True, lw=0.3, alpha=0.5)
         if groups is not None and group_values:
             handles, labels = axes[0].get_legend_handles_labels()
-            fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=8,
+            fig.legend(handles, labels, loc="outside lower center" if one_row else "outside right upper",
+                       ncols=len(labels) if one_row else legend_cols, fontsize=8,
                        markerscale=max(1.0, 36.0 / size) ** 0.5, frameon=False)
         if n_targets > shown:
             fig.suptitle(f"first {shown} of {n_targets} targets", fontsize=9)
@@ -246,4 +266,67 @@ def plot_residual_map(lon: np.ndarray, lat: np.ndarray, residual: np.ndarray, pa
         ax.set_ylabel("latitude")
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_title(title)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------- reliability
+def plot_reliability(proba_before: np.ndarray, proba_after: np.ndarray | None, labels: np.ndarray,
+                     path: str | Path, bins: int = 10, temperature: float | None = None) -> Path:
+    """A reliability diagram: accuracy against mean confidence of the top class per confidence bin, the diagonal
+    of perfect calibration, and below it the count of rows per bin; before and after temperature scaling, each
+    with its expected calibration error in the legend.
+
+    Args:
+        proba_before: (N, K) class probabilities as the network gave them.
+        proba_after: the same rows' calibrated (tempered) probabilities, or None to draw only ``proba_before``.
+        labels: (N,) true class codes 0..K-1.
+        path: PNG file to write (atomically); parent folders are created.
+        bins: equal-width confidence bins on [0, 1] (as :func:`geocnn.evaluation.calibration.reliability`).
+        temperature: the fitted temperature, named in the legend when given.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        ValueError: on mismatched shapes or ``bins`` < 1.
+    """
+    before = np.asarray(proba_before, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    if before.ndim != 2 or labels.shape != (before.shape[0],):
+        raise ValueError(f"proba_before shape {np.shape(proba_before)} and labels shape {np.shape(labels)} do not "
+                         "match: (N, K) probabilities and N class codes")
+    curves = [("uncalibrated", before, "tab:red", "o")]
+    if proba_after is not None:
+        after = np.asarray(proba_after, dtype=np.float64)
+        if after.shape != before.shape:
+            raise ValueError(f"proba_after shape {after.shape} does not match proba_before shape {before.shape}")
+        name = "temperature scaled" + (f" (T={temperature:.2f})" if temperature is not None else "")
+        curves.append((name, after, "tab:blue", "s"))
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    width = 1.0 / bins
+    with _figure(path, (5.2, 5.8)) as fig:
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        top.plot([0, 1], [0, 1], color="0.4", lw=1, ls="--", label="perfect calibration")
+        bar_w = width / (len(curves) + 1)
+        for j, (name, proba, colour, marker) in enumerate(curves):
+            conf, acc, count = reliability(proba, labels, bins) if len(labels) else (
+                np.full(bins, np.nan), np.full(bins, np.nan), np.zeros(bins))
+            ece = expected_calibration_error(proba, labels, bins) if len(labels) else float("nan")
+            ok = count > 0
+            top.plot(conf[ok], acc[ok], color=colour, marker=marker, ms=5, lw=1.5,
+                     label=f"{name}: ECE {_fmt(ece, '.3f')}")
+            bottom.bar(edges[:-1] + bar_w * (j + 0.5), count, width=bar_w, align="edge", color=colour, alpha=0.7,
+                       label=name)
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_ylabel("accuracy")
+        top.set_title(f"reliability (n={len(labels)}, {bins} bins)", fontsize=10)
+        top.legend(loc="upper left", fontsize=8, frameon=False)
+        top.grid(True, lw=0.3, alpha=0.5)
+        bottom.set_xticks(edges[:: max(1, bins // 5)])
+        bottom.set_xlabel("confidence (top-class probability)")
+        bottom.set_ylabel("rows")
+        bottom.grid(True, axis="y", lw=0.3, alpha=0.5)
     return Path(path)

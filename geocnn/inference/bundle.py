@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from geocnn import __version__
 from geocnn.atomic import atomic_dir
 from geocnn.data.chips import ChipSpec
+from geocnn.data.profile import TrainingProfile
 from geocnn.errors import GeocnnError
 from geocnn.evaluation.conformal import Calibration
 from geocnn.models.network import GeoNet, NetSpec
@@ -69,6 +70,10 @@ class Preprocessing(BaseModel):
     calibration: Calibration | None = Field(None, description="Uncertainty fitted by the training run: conformal "
                                             "quantiles (level, per output and category), the softmax temperature, "
                                             "what they were calibrated on. predict, map and watch apply it.")
+    profile: TrainingProfile | None = Field(None, description="What the model was trained on (input dtype, band "
+                                            "names and value quantiles, resolution, target ranges): predict, map "
+                                            "and watch warn (--strict: refuse) on inputs unlike it. None in bundles "
+                                            "written before it (no checks).")
 
     @property
     def chip_px(self) -> int:

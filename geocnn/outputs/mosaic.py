@@ -32,6 +32,7 @@ def warp_to(src_path: Path, crs: CRS, out_path: Path) -> Path:
             try:
                 with rasterio.open(stage, "w", **_stage_profile(grid, src.count)) as dst:
                     dst.descriptions = src.descriptions
+                    dst.update_tags(**src.tags())  # provenance (TARGET, MODEL, ...) travels with the map
                     for band in range(1, src.count + 1):
                         reproject(rasterio.band(src, band), rasterio.band(dst, band), src_nodata=np.nan,
                                   dst_nodata=np.nan, resampling=Resampling.average)
@@ -89,20 +90,22 @@ def write_vrt(maps: list[Path], out_path: Path) -> Path:
     return out_path
 
 
-def merge_maps(maps: list[Path], out_path: Path) -> Path:
+def merge_maps(maps: list[Path], out_path: Path, extra: dict[str, str] | None = None) -> Path:
     """One COG (overviews, NaN nodata) of maps in one CRS; where they overlap, the first valid value wins. Written
-    window by window (rasterio.merge to a file), so memory does not grow with the mosaic."""
+    window by window (rasterio.merge to a file), so memory does not grow with the mosaic. Its tags: the first
+    map's, updated with ``extra``."""
     with atomic_path(out_path) as tmp:
         stage = tmp.with_name(tmp.name + ".stage.tif")
         try:
             with rasterio.open(maps[0]) as first:
-                descriptions = first.descriptions
+                descriptions, tags = first.descriptions, first.tags()
             rasterio.merge.merge([str(p) for p in maps], nodata=np.nan, dtype="float32", method="first",
                                  dst_path=str(stage), mem_limit=MERGE_MEM_MB,
                                  dst_kwds={"tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "zstd",
                                            "BIGTIFF": "IF_SAFER"})
             with rasterio.open(stage, "r+") as dst:
                 dst.descriptions = descriptions
+                dst.update_tags(**{**tags, **(extra or {})})
             _to_cog(stage, tmp)
         finally:
             stage.unlink(missing_ok=True)

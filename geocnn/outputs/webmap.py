@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html as html_text
 import io
 import json
 import math
@@ -43,8 +44,10 @@ WIDTH_BAND = "interval_width"
 """Band description of the width of the prediction interval (see ``geocnn.domains.earth_maps.INTERVAL_BANDS``)."""
 NOT_PREDICTION = {"lower", "upper", WIDTH_BAND}
 """Band descriptions that are not the prediction itself."""
-VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".parquet")
-"""Files of area aggregates that ``write_webmap`` reads (GeoParquet through geopandas, the rest through pyogrio)."""
+AREA_STATS = ("mean", "population", "n_pixels", "coverage_fraction", "nodata_share", "weighting")
+"""Columns of area aggregates shown in their tooltip beside every ``*_mean`` (see ``geocnn.outputs.aggregate``)."""
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".shp")
+"""Vector files of area aggregates that a run's map picks up (``write_webmap`` reads any that pyogrio can)."""
 _REMOTE = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.IGNORECASE)
 
 
@@ -113,7 +116,8 @@ def _fmt(value: Any) -> str:
 
 
 def _caption(name: str, units: str) -> str:
-    return f"{name} [{units}]" if units else name
+    """A colour bar's caption: the quantity and its units (HTML-escaped)."""
+    return html_text.escape(f"{name} [{units}]" if units else name)
 
 
 def _colour_bar(cmap: Colormap, vmin: float, vmax: float, caption: str) -> str:
@@ -235,12 +239,12 @@ def _clusters_layer(m: folium.Map, clusters: pd.DataFrame, target: str, cmap: Co
 
 def _aggregates_layer(m: folium.Map, aggregates: gpd.GeoDataFrame | str | Path, cmap: Colormap, vmin: float,
                       vmax: float) -> int:
-    """Area aggregates as outlined polygons (filled by their ``mean`` column when there is one), with a tooltip."""
+    """Area aggregates as outlined polygons (filled by ``prediction_mean`` or ``mean`` when there is one), with a
+    tooltip of a few of their own columns and their aggregates; how many were drawn."""
     frame = aggregates
     if not isinstance(frame, gpd.GeoDataFrame):
         try:
-            path = Path(aggregates)
-            frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+            frame = gpd.read_file(aggregates)
         except Exception as exc:  # noqa: BLE001 - pyogrio raises its own errors for unreadable files
             raise GeocnnError(f"{aggregates}: cannot read the area aggregates ({exc}); give a GeoPackage, "
                               "GeoJSON or Shapefile of polygons") from exc
@@ -248,10 +252,12 @@ def _aggregates_layer(m: folium.Map, aggregates: gpd.GeoDataFrame | str | Path, 
         raise GeocnnError(f"{aggregates if not isinstance(aggregates, gpd.GeoDataFrame) else 'aggregates'}: the "
                           "polygons have no CRS; write them with one (e.g. EPSG:4326)")
     frame = frame.to_crs("EPSG:4326")
-    columns = [c for c in frame.columns if c != frame.geometry.name][:10]
+    own = [str(c) for c in frame.columns if c != frame.geometry.name]
+    stats = [c for c in own if c in AREA_STATS or c.endswith("_mean")]
+    columns = [*[c for c in own if c not in stats][:3], *stats]  # a few names of the area, then its aggregates
     shown = gpd.GeoDataFrame({c: [_fmt(v) for v in frame[c]] for c in columns}, geometry=frame.geometry.values,
                              crs=frame.crs)
-    mean = next((c for c in columns if str(c) == "mean" or str(c).endswith("_mean")), None)
+    mean = next((c for c in ("prediction_mean", "mean", *stats) if c in columns and c.endswith("mean")), None)
     norm = Normalize(vmin, vmax, clip=True)
     if mean is not None:
         values = pd.to_numeric(frame[mean], errors="coerce").to_numpy(np.float64)
@@ -274,14 +280,17 @@ def write_webmap(map_tif: str | Path, out_html: str | Path, clusters: pd.DataFra
     """Write an interactive map of a prediction COG as one self-contained HTML file (atomically).
 
     Layers (a layer control lists them): the prediction band (described ``prediction`` or ``target``, else band 1)
-    with a colour bar captioned with ``target`` and ``units``; the width of the prediction interval when the COG
-    has a band described ``interval_width`` (off at first; its own colour bar); ``clusters`` (a predictions table:
-    ``id``, ``lat``, ``lon``, ``target``, ``pred_<target>``, and ``fold``/``split``/``group``/interval bounds
-    when present) as circle markers filled with the observed value on the prediction's colour scale, with a popup;
-    ``aggregates`` (polygons, a GeoDataFrame or a vector file) outlined, filled by their ``mean`` column when
-    present, with a tooltip of their columns. Rasters are warped to Web Mercator and embedded as PNGs, and Leaflet
-    itself is inlined: the page needs no network. ``tiles`` (a folium tile name such as ``OpenStreetMap``) adds a
-    base map that is fetched from the internet when viewed.
+    with a colour bar captioned with ``target`` and ``units`` (default: the COG's UNITS tag; its DEFINITION tag is
+    shown under the title); the width of the prediction interval when the COG has a band described
+    ``interval_width`` (off at first; its own colour bar); ``clusters`` (a predictions table: ``id``, ``lat``,
+    ``lon``, ``target``, ``pred_<target>``, and ``fold``/``split``/``group``/interval bounds when present) as circle
+    markers filled with the observed value on the prediction's colour scale, with a popup; ``aggregates``
+    (polygons, a GeoDataFrame or a vector file, e.g. ``geocnn aggregate``'s) outlined, filled by
+    ``prediction_mean`` (or ``mean``) on the same scale, with a tooltip of their names and aggregates.
+
+    Rasters are warped to Web Mercator and embedded as PNGs, and Leaflet itself is inlined: the page needs no
+    network. ``tiles`` (a folium tile name such as ``OpenStreetMap``) adds a base map that is fetched from the
+    internet when viewed.
     """
     map_tif, out_html = Path(map_tif), Path(out_html)
     m = folium.Map(tiles=tiles, control_scale=True, prefer_canvas=False)
@@ -291,8 +300,12 @@ def write_webmap(map_tif: str | Path, out_html: str | Path, clusters: pd.DataFra
             raise GeocnnError(f"{map_tif}: the raster has no CRS, so it cannot be placed on a web map; write the "
                               "map with its scene's georeferencing")
         band = _prediction_band(src, target)
+        tags = src.tags()  # the map's provenance tags (geocnn.domains.earth_maps.map_tags): UNITS, DEFINITION
+        units = units or tags.get("UNITS", "")
+        definition = tags.get("DEFINITION", "")
         width_band = _band(src, [WIDTH_BAND])
-        bounds, vmin, vmax = _raster_layer(m, src, band, f"predicted {target}", matplotlib.colormaps["viridis"],
+        bounds, vmin, vmax = _raster_layer(m, src, band, html_text.escape(f"predicted {target}"),
+                                           matplotlib.colormaps["viridis"],
                                            _caption(f"predicted {target}", units), show=True)
         if width_band is not None:
             _raster_layer(m, src, width_band, "interval width", matplotlib.colormaps["magma"],
@@ -302,12 +315,14 @@ def write_webmap(map_tif: str | Path, out_html: str | Path, clusters: pd.DataFra
     if clusters is not None:
         _clusters_layer(m, clusters, target, matplotlib.colormaps["viridis"], vmin, vmax)
     heading = title or f"predicted {target}"
-    _Control(f'<div style="font-size:14px;font-weight:bold">{heading}</div>', "topright", "geocnn-title").add_to(m)
+    subtitle = f'<div style="max-width:320px">{html_text.escape(definition)}</div>' if definition else ""
+    _Control(f'<div style="font-size:14px;font-weight:bold">{html_text.escape(heading)}</div>{subtitle}', "topright",
+             "geocnn-title").add_to(m)
     folium.LayerControl(collapsed=False, position="topright").add_to(m)
     m.fit_bounds(bounds)
     js, css = _leaflet_assets()
     figure = m.get_root()
-    figure.title = heading
+    figure.title = html_text.escape(heading)
     figure.header.add_child(_Inline(f"<style>{css}</style>"), name="leaflet_css")
     figure.header.add_child(_Inline(f"<script>{js}</script>"), name="leaflet")
     figure.header.add_child(_Inline(".geocnn-colourbar, .geocnn-title {background: rgba(255,255,255,0.9); "

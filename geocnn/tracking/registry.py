@@ -30,6 +30,10 @@ class Comparison:
     champion: float
     n_rows: int
     how: str
+    p_value: float | None = None
+    """Two-sided p-value of a paired test of the two models on those rows (recorded; promotion ignores it)."""
+    test: str = ""
+    """The paired test: McNemar (classes) or a paired bootstrap of the metric."""
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Decision:
     champion: float | None = None
     champion_version: str | None = None
     compared_on: str | None = None
+    p_value: float | None = None
+    paired_test: str | None = None
 
 
 def promotion_metric(tracking: TrackingConfig, default: str) -> str:
@@ -127,13 +133,22 @@ def decide(client: MlflowClient, tracking: TrackingConfig, default_metric: str, 
                                    "and promote by hand with `geocnn alias` if intended")
             else:
                 decision.candidate, decision.champion = comparison.candidate, comparison.champion
-                decision.compared_on = comparison.how
+                decision.compared_on, decision.p_value = comparison.how, comparison.p_value
+                decision.paired_test = comparison.test or None
         if decision.compared_on:
             decision.promoted = better(decision.candidate, decision.champion, direction)
             verb = "beats" if decision.promoted else "does not beat"
             decision.reason = (f"{metric} {decision.candidate:.6g} {verb} the {alias}'s {decision.champion:.6g} "
                                f"(version {champion.version}, {direction} is better) on {decision.compared_on}")
+            if decision.p_value is not None:
+                decision.reason += "; " + significance(decision.p_value, decision.paired_test or "paired test")
     return decision
+
+
+def significance(p_value: float, test: str, alpha: float = 0.05) -> str:
+    """How a paired test reads, e.g. 'not significant, p = 0.82 (McNemar on the same rows)'."""
+    verdict = "significant" if p_value < alpha else "not significant"
+    return f"{verdict}, p = {p_value:.2g} ({test} on the same rows; recorded, promotion follows the metric)"
 
 
 def should_register(tracking: TrackingConfig, decision: Decision) -> bool:

@@ -116,6 +116,10 @@ def test_map_is_on_the_scene_grid_with_nan_nodata(two_stage: tuple[Path, dict]) 
     ok = np.isfinite(at)
     assert np.corrcoef(at[ok], csv["wealth"][ok])[0, 1] > 0.5
     assert (tmp / "run" / "maps" / "prediction.png").stat().st_size > 10_000
+    # the HTML map beside it: every held-out cluster with its observed value, out-of-fold prediction and fold
+    html = (tmp / "run" / "maps" / "prediction.html").read_text()
+    held = csv[csv["split"] == "test"]
+    assert html.count('"type": "Point"') == len(held) > 0 and f'"id": "{held["id"].iloc[0]}"' in html
 
 
 def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, dict],
@@ -132,7 +136,7 @@ def test_mlflow_holds_metrics_plots_maps_and_both_stages(two_stage: tuple[Path, 
     assert len(client.get_metric_history(s1.info.run_id, "val/loss")) == 4  # one point per epoch
     assert "test/balanced_accuracy" in s1.data.metrics
     arts = {a.path for folder in ("plots", "maps", "predictions") for a in client.list_artifacts(run.info.run_id, folder)}
-    assert {"plots/pred_vs_true.png", "plots/residual_map.png", "maps/prediction.tif",
+    assert {"plots/pred_vs_true.png", "plots/residual_map.png", "maps/prediction.tif", "maps/prediction.html",
             "predictions/predictions.geojson"} <= arts
     versions = client.search_model_versions("name='test_poverty'")
     assert versions and versions[0].run_id == run.info.run_id

@@ -3,14 +3,19 @@ same views, same stage 2), because both run through the one forward loop."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+from rasterio.transform import from_origin
 from rasterio.warp import transform as warp
 
+from geocnn import __version__
+from geocnn.config import MapsConfig
 from geocnn.data.catalog import Catalog
 from geocnn.data.chips import ChipSpec
 from geocnn.domains.base import predict_catalog
@@ -67,3 +72,56 @@ def test_a_map_pixel_over_a_cluster_equals_the_clusters_table_prediction(scene: 
     on_map = np.array([pixels[r + CHIP // 2, c + CHIP // 2] for r, c in origins])
     np.testing.assert_allclose(on_map, table["pred_wealth"].to_numpy(), rtol=1e-5, atol=1e-5)
     assert np.ptp(on_map) > 1e-3  # not a constant map: the check compares real predictions
+
+
+NIGERIA_MAP = "satellite/reference_maps/nigeria_2012_2014_msnl_wealth_pred.tif"
+
+
+@pytest.mark.realdata
+def test_map_on_the_nigeria_grid_is_masked_tagged_and_compared(shared_data: Path, tmp_path: Path) -> None:
+    """On the published Nigeria map's grid: predictions only where the reference has values (not over the sea or
+    neighbouring countries), provenance tags, and a difference map ours - reference."""
+    reference = shared_data / NIGERIA_MAP
+    with rasterio.open(reference) as ref:
+        ref_values = ref.read(1)
+        b = ref.bounds
+    margin, pixel = 300_000.0, 8000.0  # a coarse 3-band EPSG:3857 scene covering Nigeria with 300 km to spare
+    width, height = int((b.right - b.left + 2 * margin) / pixel), int((b.top - b.bottom + 2 * margin) / pixel)
+    rng = np.random.default_rng(8)
+    data = rng.normal(100.0, 20.0, (3, height, width)).astype(np.float32)
+    scene = tmp_path / "nigeria_scene.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=width, height=height, count=3, dtype="float32",
+                       crs="EPSG:3857", transform=from_origin(b.left - margin, b.top + margin, pixel, pixel),
+                       nodata=np.nan) as dst:
+        dst.write(data)
+        dst.descriptions = ("b1", "b2", "b3")
+    chips = ChipSpec(out_px=CHIP, files=False, scenes=[str(scene)], chip_px=CHIP, max_nodata_fraction=0.5)
+    root = write_bundle(tmp_path / "bundle", chips, ["b1", "b2", "b3"], domain="earth", task="regression",
+                        targets=("wealth",), mean=100.0, std=20.0, dtype="float32")
+    meta = json.loads((root / "bundle.json").read_text())
+    (root / "bundle.json").write_text(json.dumps({**meta, "experiment": "nigeria", "run_id": "abc123",
+                                                  "store_key": "k1"}))
+    style = MapsConfig(units="asset index (sd)", definition="first principal component of household assets")
+    paths = map_scene(load_bundle(root), [str(scene)], tmp_path / "map", stride_px=CHIP, target_grid=str(reference),
+                      device="cpu", style=style, model="models:/nigeria@champion (v3)")
+    with rasterio.open(paths["map_tif"]) as src:
+        ours, tags = src.read(1), src.tags()
+        assert src.descriptions[0] == "wealth"
+    valid = np.isfinite(ref_values)
+    assert valid.mean() == pytest.approx(0.6546, abs=1e-4)  # 35 % of the grid is sea or other countries
+    np.testing.assert_array_equal(np.isfinite(ours), valid)  # the same valid share, pixel for pixel
+    assert {k: tags[k] for k in ("TARGET", "UNITS", "MLFLOW_RUN_ID", "TRAINING_DATA", "DATA")} == {
+        "TARGET": "wealth", "UNITS": "asset index (sd)", "MLFLOW_RUN_ID": "abc123", "TRAINING_DATA": "k1",
+        "DATA": str(scene)}
+    assert tags["MODEL"] == "experiment nigeria, backbone test_resnet, models:/nigeria@champion (v3)"
+    assert tags["DEFINITION"] == style.definition and tags["GEOCNN_VERSION"] == __version__
+    assert datetime.fromisoformat(tags["CREATED"]).date() == datetime.now(timezone.utc).date()
+    with rasterio.open(paths["map_diff_tif"]) as src:
+        diff = src.read(1)
+    np.testing.assert_allclose(diff[valid], ours[valid] - ref_values[valid], rtol=1e-5, atol=1e-6)
+    assert np.isnan(diff[~valid]).all() and paths["map_diff_png"].exists()
+
+    unmasked = map_scene(load_bundle(root), [str(scene)], tmp_path / "all", stride_px=CHIP,
+                         target_grid=str(reference), device="cpu", style=MapsConfig(mask_to_grid=False))
+    with rasterio.open(unmasked["map_tif"]) as src:
+        assert np.isfinite(src.read(1)).all()  # unmasked: the whole grid, sea included, is "predicted"

@@ -63,9 +63,13 @@ def test_classifier_beats_majority_baseline_and_is_tracked(tmp_path: Path, galax
     # their measured coverage, and calibration error before/after the temperature fitted on validation
     assert metrics["test/accuracy_ci_low"] <= metrics["test/accuracy"] <= metrics["test/accuracy_ci_high"]
     assert metrics["test/accuracy_ci_high"] - metrics["test/accuracy_ci_low"] < 0.4
+    lo, hi = metrics["test/balanced_accuracy_ci_low"], metrics["test/balanced_accuracy_ci_high"]
+    assert lo <= metrics["test/balanced_accuracy"] <= hi
+    assert summary["headline"] == (f"accuracy {metrics['test/accuracy']:.4f} [{metrics['test/accuracy_ci_low']:.4f}, "
+                                   f"{metrics['test/accuracy_ci_high']:.4f}]")
     assert metrics["compare/baseline/p_value"] < 0.05 and metrics["compare/baseline/difference"] > 0.2
     assert metrics["uncertainty/level"] == 0.9 and 0.6 <= metrics["uncertainty/coverage"] <= 1.0
-    assert 1.0 <= metrics["uncertainty/mean_set_size"] <= 5.0 and metrics["uncertainty/temperature"] > 0
+    assert 0.5 <= metrics["uncertainty/mean_set_size"] <= 5.0 and metrics["uncertainty/temperature"] > 0
     assert 0 <= metrics["test/ece"] < 0.5 and 0 <= metrics["test/ece_uncalibrated"] < 0.5
 
     # Tables: csv and parquet hold the same values; probabilities sum to 1; every split is present.

@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.stats import binomtest
-from sklearn.metrics import r2_score
+from sklearn.metrics import balanced_accuracy_score, r2_score
 
-from geocnn.evaluation.bootstrap import Truth, bootstrap_intervals, mcnemar, metric_draws, paired_bootstrap
+from geocnn.evaluation.bootstrap import (
+    Truth,
+    bootstrap_intervals,
+    mcnemar,
+    metric_draws,
+    paired_bootstrap,
+    resample_weights,
+)
 
 
 def regression(n: int, groups: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,3 +84,26 @@ def test_classification_accuracy_interval_and_twenty_thousand_rows() -> None:
     acc = (proba.argmax(1) == labels).mean()
     assert ci["test/accuracy_ci_low"] < acc < ci["test/accuracy_ci_high"]
     assert ci["test/accuracy_ci_high"] - ci["test/accuracy_ci_low"] < 0.02  # 1.96 * 2 * sqrt(.16/20000) = 0.011
+
+
+def test_balanced_accuracy_point_matches_sklearn_and_its_interval_holds_it() -> None:
+    rng = np.random.default_rng(6)
+    labels = rng.choice(3, size=600, p=[0.7, 0.2, 0.1])  # imbalanced: balanced accuracy differs from accuracy
+    proba = rng.random((600, 3))
+    proba[np.arange(600), labels] += 0.8 * (rng.random(600) < 0.6)
+    truth = Truth(labels=labels)
+    point = metric_draws(truth, proba, np.ones((1, 600), np.float32))["balanced_accuracy"][0]
+    assert point == pytest.approx(balanced_accuracy_score(labels, proba.argmax(1)), abs=1e-6)
+    ci = bootstrap_intervals(truth, {"test": proba}, n=500, seed=2)
+    assert ci["test/balanced_accuracy_ci_low"] < point < ci["test/balanced_accuracy_ci_high"]
+    assert ci["test/balanced_accuracy_ci_high"] - ci["test/balanced_accuracy_ci_low"] < 0.15
+
+
+def test_cluster_resampling_draws_whole_groups() -> None:
+    groups = np.repeat(["a", "b", "c", "d"], [5, 1, 3, 7])
+    weights = resample_weights(len(groups), 200, groups, seed=3)
+    assert weights.shape == (200, 16)
+    for g in "abcd":  # every row of a group is drawn as often as the others of that group
+        block = weights[:, groups == g]
+        assert (block == block[:, :1]).all()
+    assert (weights[:, [0, 5, 6, 9]].sum(1) == 4).all()  # one row per group: 4 groups drawn per resample

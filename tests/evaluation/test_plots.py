@@ -10,7 +10,8 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from geocnn.evaluation.plots import DPI, plot_confusion, plot_montage, plot_pred_vs_true
+from geocnn.evaluation.calibration import expected_calibration_error, reliability, temper
+from geocnn.evaluation.plots import DPI, plot_confusion, plot_montage, plot_pred_vs_true, plot_reliability
 
 
 def _png(path: Path) -> tuple[int, int]:
@@ -127,4 +128,96 @@ def test_failed_save_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.Mon
         plot_pred_vs_true(np.zeros((3, 1)), np.zeros((3, 1)), ["z"], target)
     assert target.read_bytes() == b"old"  # the previous file is untouched
     _only(tmp_path, "afile", "keep.png")
+    assert plt.get_fignums() == []
+
+
+COUNTRIES = ["angola", "benin", "burkina_faso", "cameroon", "cote_d_ivoire", "democratic_republic_of_congo",
+             "ethiopia", "ghana", "guinea", "kenya", "lesotho", "malawi", "mali", "mozambique", "nigeria", "rwanda",
+             "senegal", "sierra_leone", "tanzania", "togo", "uganda", "zambia", "zimbabwe"]
+"""The 23 countries of the DHS clusters (Yeh et al. 2020), as in dhs_clusters.csv."""
+
+
+def _saved_layout(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Record, for each saved figure, its size, the tight box of everything drawn and each legend's box (inches)."""
+    records: list[dict] = []
+    save = Figure.savefig
+
+    def spy(self: Figure, *args: object, **kwargs: object) -> None:
+        save(self, *args, **kwargs)
+        renderer = self.canvas.get_renderer()
+        scale = self.dpi
+        records.append({"size": tuple(self.get_size_inches()), "bbox_inches": kwargs.get("bbox_inches"),
+                        "tight": self.get_tightbbox(renderer).extents,
+                        "legends": [leg.get_window_extent(renderer).extents / scale for leg in self.legends],
+                        "labels": [[t.get_text() for t in leg.get_texts()] for leg in self.legends]})
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return records
+
+
+@pytest.mark.parametrize("names", [COUNTRIES, [f"a very long survey name number {i}" for i in range(4)]],
+                         ids=["23_countries", "4_long_names"])
+def test_pred_vs_true_legend_of_many_groups_is_never_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             names: list[str]) -> None:
+    records = _saved_layout(monkeypatch)
+    rng = np.random.default_rng(4)
+    groups = np.array(names * 20)
+    y = rng.normal(size=(len(groups), 1))
+    out = plot_pred_vs_true(y, y + rng.normal(scale=0.3, size=y.shape), ["wealthpooled"], tmp_path / "pvt.png",
+                            groups=groups)
+    (rec,) = records
+    assert rec["labels"] == [sorted(names)]  # every group in the one legend
+    x0, y0, x1, y1 = rec["legends"][0]
+    w, h = rec["size"]
+    # the legend lies inside the figure, and the tight save keeps the whole of what was drawn
+    assert 0 <= x0 < x1 <= w + 1e-6 and 0 <= y0 < y1 <= h + 1e-6, (rec["legends"][0], rec["size"])
+    assert rec["bbox_inches"] == "tight"
+    tx0, ty0, tx1, ty1 = rec["tight"]
+    assert tx0 <= x0 and ty0 <= y0 and x1 <= tx1 and y1 <= ty1
+    width, height = _png(out)  # the PNG is that tight box plus its 0.1 in pad
+    assert abs(width - (tx1 - tx0 + 0.2) * DPI) <= 3 and abs(height - (ty1 - ty0 + 0.2) * DPI) <= 3
+    assert plt.get_fignums() == []
+
+
+def test_reliability_diagram_draws_the_bins_before_and_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(600, 4)) * 2
+    true = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = (true.cumsum(1) > rng.random((600, 1))).argmax(1)
+    before, after = temper(true, 0.4), true  # over-confident, and the calibrated truth
+    drawn: list[dict] = []
+    save = Figure.savefig
+
+    def spy(self: Figure, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        top, bottom = self.axes
+        drawn.append({"lines": {ln.get_label(): ln.get_xydata() for ln in top.get_lines()},
+                      "bars": [[p.get_height() for p in c] for c in bottom.containers]})
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    out = plot_reliability(before, after, labels, tmp_path / "rel.png", bins=10, temperature=2.5)
+    _assert_size(_png(out), (5.2, 5.8))
+    assert _non_white(out) > 20000  # curves, bars and text, not a blank canvas
+    (rec,) = drawn
+    ece_before, ece_after = expected_calibration_error(before, labels), expected_calibration_error(after, labels)
+    assert ece_before > 0.1 > 0.05 > ece_after
+    names = [f"uncalibrated: ECE {ece_before:.3f}", f"temperature scaled (T=2.50): ECE {ece_after:.3f}"]
+    assert list(rec["lines"]) == ["perfect calibration", *names]
+    for name, proba, bars in zip(names, (before, after), rec["bars"]):
+        conf, acc, count = reliability(proba, labels, 10)
+        ok = count > 0
+        np.testing.assert_allclose(rec["lines"][name], np.column_stack([conf[ok], acc[ok]]))
+        assert bars == list(count) and sum(bars) == 600
+    # over-confident: every populated bin above 0.5 confidence is less accurate than its confidence
+    conf, acc, count = reliability(before, labels, 10)
+    high = (count > 20) & (conf > 0.5)
+    assert high.sum() >= 3 and (acc[high] < conf[high]).all()
+
+    only = plot_reliability(before, None, labels, tmp_path / "before.png")
+    assert list(drawn[-1]["lines"]) == ["perfect calibration", names[0]] and _non_white(only) > 10000
+    with pytest.raises(ValueError, match="labels"):
+        plot_reliability(before, after, labels[:5], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="proba_after"):
+        plot_reliability(before, after[:, :2], labels, tmp_path / "bad.png")
+    _only(tmp_path, "rel.png", "before.png")
     assert plt.get_fignums() == []

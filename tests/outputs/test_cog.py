@@ -10,15 +10,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
 from PIL import Image
 from rasterio.transform import from_origin, rowcol
 from rasterio.warp import transform as warp_points
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from geocnn.data.sources.raster import Grid
 from geocnn.errors import GeocnnError
 from geocnn.inference.sliding import BLOCK_PX, raster_reader
-from geocnn.outputs.cog import predict_map, write_quicklook
+from geocnn.outputs.cog import (
+    DIVERGING_CMAP,
+    colour_scale,
+    is_prediction_map,
+    predict_map,
+    write_difference,
+    write_quicklook,
+)
 from geocnn.outputs.geojson import write_geojson_points
 
 W, H, CORNER = 300, 260, 40
@@ -285,3 +295,143 @@ def test_failure_leaves_no_output(scene, tmp_path):
             predict_map(failing_mask_read, grid, band_mean, out_dir / "map.tif", chip_px=40, stride_px=40)
     assert [p.name for p in out_dir.iterdir()] == ["map.tif"]
     assert (out_dir / "map.tif").read_bytes() == b"old map"
+
+
+# ------------------------------------------------------------------ (i) tags, grid masks, differences, legends
+PROVENANCE = {"TARGET": "wealth", "UNITS": "asset index (sd)", "MODEL": "experiment nigeria, backbone test_resnet",
+              "MLFLOW_RUN_ID": "0123abcd", "CREATED": "2024-05-01T12:00:00+00:00"}
+
+
+def write_grid(path: Path, data: np.ndarray, transform, crs: str = "EPSG:32633", nodata: float | None = None) -> Path:
+    """A one-band raster (a target grid, a reference map) holding ``data``."""
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
+                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(data, 1)
+    return path
+
+
+def test_cog_carries_provenance_tags(scene, tmp_path):
+    path, _ = scene
+    run_map(path, tmp_path / "map.tif", chip_px=40, stride_px=40, band_names=["wealth"], tags=PROVENANCE)
+    with rasterio.open(tmp_path / "map.tif") as src:
+        assert {k: src.tags()[k] for k in PROVENANCE} == PROVENANCE
+        assert src.descriptions == ("wealth",)
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"  # tagged before the COG copy: still a COG
+
+
+@pytest.mark.parametrize("kind", ["nan", "nodata_value"])
+def test_target_grid_mask_leaves_nan_exactly_where_the_grid_has_no_data(scene, tmp_path, kind):
+    path, _ = scene
+    rng = np.random.default_rng(5)
+    invalid = rng.random((90, 100)) < 0.3  # 20 m grid inside the scene's valid area (x +600..+2600 m)
+    invalid[30:60, 40:70] = True  # "the sea"
+    if kind == "nan":
+        values = np.where(invalid, np.nan, rng.normal(size=invalid.shape)).astype(np.float32)
+        grid_path = write_grid(tmp_path / "grid.tif", values, from_origin(500_600.0, 3_999_400.0, 20.0, 20.0))
+    else:
+        values = np.where(invalid, 0, rng.integers(1, 9, invalid.shape)).astype(np.uint8)
+        grid_path = write_grid(tmp_path / "grid.tif", values, from_origin(500_600.0, 3_999_400.0, 20.0, 20.0),
+                               nodata=0)
+    target = Grid.from_raster(grid_path)
+    unmasked = run_map(path, tmp_path / "all.tif", chip_px=40, stride_px=20, target_grid=target)[0]
+    masked = run_map(path, tmp_path / "masked.tif", chip_px=40, stride_px=20, target_grid=target,
+                     mask_to=grid_path)[0]
+    assert np.isfinite(unmasked).all()  # the grid lies inside the scene: every pixel has a prediction
+    np.testing.assert_array_equal(np.isnan(masked), invalid)
+    np.testing.assert_array_equal(masked[~invalid], unmasked[~invalid])
+    with raster_reader(path) as (read, grid), pytest.raises(GeocnnError, match="mask with the grid raster"):
+        predict_map(read, grid, band_mean, tmp_path / "x.tif", chip_px=40, stride_px=40, target_grid=target,
+                    mask_to=path)
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_difference_map_is_ours_minus_reference_on_pixels_both_have(tmp_path):
+    rng = np.random.default_rng(6)
+    transform = from_origin(300_000.0, 1_500_000.0, 7650.0, 7650.0)
+    ref = rng.normal(size=(143, 176)).astype(np.float32)
+    ours = (0.8 * ref + rng.normal(scale=0.5, size=ref.shape) + 0.25).astype(np.float32)
+    ref[:20] = np.nan
+    ours[:, :15] = np.nan
+    a = write_grid(tmp_path / "ours.tif", ours, transform, "EPSG:3857", nodata=np.nan)
+    b = write_grid(tmp_path / "ref.tif", ref, transform, "EPSG:3857")
+    assert is_prediction_map(b)
+    stats = write_difference(a, b, tmp_path / "diff.tif", tags=PROVENANCE)
+    both = np.isfinite(ours) & np.isfinite(ref)
+    with rasterio.open(tmp_path / "diff.tif") as src:
+        diff = src.read(1)
+        assert src.tags()["MLFLOW_RUN_ID"] == "0123abcd" and src.tags()["REFERENCE"] == str(b)
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    np.testing.assert_array_equal(np.isfinite(diff), both)
+    np.testing.assert_allclose(diff[both], ours[both] - ref[both], rtol=1e-6)
+    assert stats["n"] == both.sum() == 123 * 161
+    assert stats["pearson_r"] == pytest.approx(np.corrcoef(ours[both], ref[both])[0, 1], abs=1e-9)
+    assert stats["mean_difference"] == pytest.approx(float(np.mean(ours[both] - ref[both].astype(float))), abs=1e-6)
+    assert 0.8 < stats["pearson_r"] < 0.9 and stats["mean_difference"] == pytest.approx(0.25, abs=0.03)
+    with pytest.raises(GeocnnError, match="not on the grid"):
+        write_difference(a, write_grid(tmp_path / "other.tif", ref[:100], transform, "EPSG:3857"),
+                         tmp_path / "bad.tif")
+    assert not (tmp_path / "bad.tif").exists()
+
+
+def test_colour_scale_is_diverging_at_zero_when_the_values_span_it():
+    cmap, norm = colour_scale(-0.9, 1.9)  # the Nigeria asset-index map's range
+    assert isinstance(norm, TwoSlopeNorm) and cmap.name.startswith(DIVERGING_CMAP)
+    assert (norm.vmin, norm.vcenter, norm.vmax) == (-0.9, 0.0, 1.9) and norm(0.0) == 0.5
+    cmap, norm = colour_scale(0.5, 3.0)  # all positive (night lights): sequential
+    assert not isinstance(norm, TwoSlopeNorm) and cmap.name.startswith("viridis") and (norm.vmin, norm.vmax) == (0.5, 3)
+    _, norm = colour_scale(0.5, 3.0, diverging=True)  # forced: still centred at 0
+    assert isinstance(norm, TwoSlopeNorm) and (norm.vmin, norm.vcenter, norm.vmax) == (-3.0, 0.0, 3.0)
+    cmap, norm = colour_scale(-1.0, 1.0, diverging=False, cmap="magma")
+    assert not isinstance(norm, TwoSlopeNorm) and cmap.name.startswith("magma")
+
+
+def _drawn(monkeypatch) -> list[dict]:
+    """What each quicklook drew: axis labels and limits, colour-bar label, legend entries, norm, caption, save."""
+    records: list[dict] = []
+    save = Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        ax, bar = self.axes[0], self.axes[1]
+        records.append({"xlabel": ax.get_xlabel(), "xlim": ax.get_xlim(), "ylim": ax.get_ylim(),
+                        "bar": bar.get_ylabel(), "norm": ax.images[0].norm, "bbox_inches": kwargs.get("bbox_inches"),
+                        "legend": [t.get_text() for leg in self.legends for t in leg.get_texts()],
+                        "caption": [leg.get_title().get_text() for leg in self.legends],
+                        "points": [len(c.get_offsets()) for c in ax.collections]})
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return records
+
+
+def test_quicklook_labels_legend_points_and_degrees(tmp_path, monkeypatch):
+    drawn = _drawn(monkeypatch)
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=(143, 176)).astype(np.float32)
+    values[:, :30] = np.nan  # "the sea"
+    tif = write_grid(tmp_path / "wealth.tif", values, from_origin(290_700.0, 1_568_250.0, 7650.0, 7650.0),
+                     "EPSG:3857", nodata=np.nan)
+    with rasterio.open(tif, "r+") as dst:
+        dst.descriptions = ("wealth",)
+        dst.update_tags(UNITS="asset index (sd)", DEFINITION="first principal component of household assets")
+    lon, lat = [7.49, 3.38, 8.52, 40.0], [9.06, 6.52, 12.0, 40.0]  # Abuja, Lagos, Kano; one far outside
+    write_quicklook(tif, tmp_path / "wealth.png", points=(lon, lat))
+    (rec,) = drawn
+    assert rec["bar"] == "wealth [asset index (sd)]"
+    assert rec["legend"] == ["no data", "survey clusters (4)"] and rec["points"] == [4]
+    assert rec["caption"] == ["wealth: first principal component of household assets"]  # TARGET from the band
+    assert isinstance(rec["norm"], TwoSlopeNorm) and rec["norm"].vcenter == 0.0
+    assert rec["xlabel"].startswith("longitude") and rec["bbox_inches"] == "tight"
+    # Nigeria's box, in degrees (the EPSG:3857 map is drawn on longitude/latitude axes; 7.65 km is ~0.07 deg)
+    with rasterio.open(tif) as src:
+        west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    assert (west, east) == pytest.approx((2.611, 14.706), abs=0.01)
+    assert rec["xlim"] == pytest.approx((west, east), abs=0.07)
+    assert rec["ylim"] == pytest.approx((south, north), abs=0.07)
+
+    # a 3 km scene stays on its own (UTM) axes; positive values: sequential; no points: no point legend entry
+    path = tmp_path / "scene.tif"
+    data = write_scene(path)
+    run_map(path, tmp_path / "pos.tif", chip_px=40, stride_px=40, max_nodata_fraction=1.0)
+    write_quicklook(tmp_path / "pos.tif", tmp_path / "pos.png")
+    assert not isinstance(drawn[1]["norm"], TwoSlopeNorm) and drawn[1]["xlabel"].startswith("easting [metre]")
+    assert drawn[1]["legend"] == ["no data"] and np.isnan(data).any()  # the scene's nodata corner

@@ -73,6 +73,12 @@ def test_dhs_out_of_country_cnn_ties_or_beats_night_light_gradient_boosting(shar
     assert m["test/r2"] > m["baseline_gbm/r2"] - 0.02, m
     assert m["test/r2"] > m["baseline/r2"] + 0.5, m
     assert m["test/group_mean/pearson_r2"] > 0.6, m
+    # 90 % conformal intervals, each country calibrated on the other 22 countries' out-of-fold residuals: pooled
+    # coverage within 2 points of nominal; the worst country is reported (coverage.csv, metrics), not hidden.
+    assert abs(m["uncertainty/loco_coverage"] - 0.9) < 0.02, m
+    coverage = pd.read_csv(tmp_path / "run" / "coverage.csv")
+    assert len(coverage) == 23 and m["uncertainty/loco_worst_coverage"] == coverage["coverage"].min()
+    assert m["test/r2_ci_low"] < m["test/r2"] < m["test/r2_ci_high"]  # countries resampled whole
     # Every cluster is predicted out of fold by a model that never saw its country.
     frame = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
     assert frame.groupby("group")["fold"].nunique().max() == 1 and set(frame["fold"]) == set(range(5))

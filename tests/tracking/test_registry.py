@@ -4,16 +4,25 @@ better on validation."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from geocnn.config import load_config
+from geocnn.config import TrackingConfig, load_config
 from geocnn.domains import run_experiment
 from geocnn.errors import GeocnnError
 from geocnn.synthetic.galaxies import make_galaxies
-from geocnn.tracking.registry import better, check_metric, promotion_direction, split_signature
+from geocnn.tracking.registry import (
+    SPLIT_TAG,
+    Comparison,
+    better,
+    check_metric,
+    decide,
+    promotion_direction,
+    split_signature,
+)
 from geocnn.tracking.runs import tracking_uri
 
 NAME = "reg_galaxies"
@@ -89,6 +98,9 @@ def test_better_model_is_promoted_worse_is_not(tmp_path: Path, galaxies: Path) -
     assert 20 <= n_common < 0.25 * 260 + 1
     cand, champ = float(tags["geocnn.promotion.candidate"]), float(tags["geocnn.promotion.champion"])
     assert (tags["geocnn.promotion.promoted"] == "True") == (cand > champ)
+    # both models predicted those rows: McNemar's p-value is recorded beside the decision (it does not decide)
+    assert tags["geocnn.promotion.paired_test"] == "McNemar" and 0 < float(tags["geocnn.promotion.p_value"]) <= 1
+    assert "significant, p = " in tags["geocnn.promotion.reason"], tags["geocnn.promotion.reason"]
     alias = str(client.get_model_version_by_alias(NAME, "champion").version)
     assert alias == (grown["registered_version"] if cand > champ else "2")
 
@@ -128,3 +140,20 @@ def test_split_signature_depends_on_assignment_not_order() -> None:
     b = split_signature(pd.Series(["z", "x", "y"]).to_numpy(), pd.Series(["test", "train", "val"]).to_numpy())
     c = split_signature(pd.Series(["x", "y", "z"]).to_numpy(), pd.Series(["val", "train", "test"]).to_numpy())
     assert a == b != c
+
+
+def test_rescored_champion_comparison_records_the_paired_test_without_changing_the_rule() -> None:
+    """The issue's example: 68 vs 66 of 94 right on the same rows is a win on the metric, but not significant."""
+    champion = SimpleNamespace(version="3", run_id="r3", tags={})
+    client = SimpleNamespace(get_model_version_by_alias=lambda name, alias: champion,
+                             get_run=lambda run_id: SimpleNamespace(data=SimpleNamespace(
+                                 tags={SPLIT_TAG: "older data"}, metrics={"validation/accuracy": 0.9})))
+    rescore = lambda version: Comparison(68 / 94, 66 / 94, 94, "94 validation rows", 0.6875, "McNemar")  # noqa: E731
+    decision = decide(client, TrackingConfig(), "validation/accuracy", NAME, {"validation/accuracy": 0.8}, "new",
+                      rescore)
+    assert decision.promoted and decision.p_value == 0.6875 and decision.paired_test == "McNemar"
+    assert "beats" in decision.reason and "not significant, p = 0.69 (McNemar" in decision.reason, decision.reason
+    worse = lambda version: Comparison(0.5, 0.8, 94, "94 validation rows", 0.001, "McNemar")  # noqa: E731
+    decision = decide(client, TrackingConfig(), "validation/accuracy", NAME, {}, "new", worse)
+    assert not decision.promoted and "does not beat" in decision.reason
+    assert "; significant, p = 0.001" in decision.reason
