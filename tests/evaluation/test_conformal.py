@@ -115,6 +115,7 @@ def test_out_of_country_coverage_of_published_dhs_predictions(shared_data: Path)
                     Targets(["wealth"], []), cfg)
     m = out.metrics
     print({k: round(v, 3) for k, v in m.items() if "/" in k and k.count("/") == 1})
+    print(out.coverage.round(3).to_string(index=False))  # per country, worst first
     assert abs(m["uncertainty/loco_coverage"] - 0.9) < 0.02, m
     assert len(out.coverage) == 23 and out.coverage["n"].sum() == 19669
     assert m["uncertainty/loco_worst_coverage"] == out.coverage["coverage"].min() < 0.85  # Cameroon, honestly
