@@ -274,6 +274,14 @@ def _aggregates_layer(m: folium.Map, aggregates: gpd.GeoDataFrame | str | Path, 
     return len(frame)
 
 
+def stable_ids(page: str) -> str:
+    """folium names its elements with random hex ids: number them in order of appearance instead, so the same map
+    gives the same bytes (reruns and uploads compare equal)."""
+    ids: dict[str, str] = {}
+    return re.sub(r"\b([a-z][a-z_]*_)([0-9a-f]{32})(?![0-9a-zA-Z])",
+                  lambda m: m.group(1) + ids.setdefault(m.group(2), f"{len(ids):032x}"), page)
+
+
 def write_webmap(map_tif: str | Path, out_html: str | Path, clusters: pd.DataFrame | None = None,
                  aggregates: gpd.GeoDataFrame | str | Path | None = None, target: str = "prediction",
                  units: str = "", title: str = "", tiles: str | None = None) -> Path:
@@ -328,7 +336,7 @@ def write_webmap(map_tif: str | Path, out_html: str | Path, clusters: pd.DataFra
     figure.header.add_child(_Inline(".geocnn-colourbar, .geocnn-title {background: rgba(255,255,255,0.9); "
                                     "padding: 6px 10px; border-radius: 4px; box-shadow: 0 1px 5px rgba(0,0,0,0.4);}"
                                     .join(("<style>", "</style>"))), name="geocnn_css")
-    html = figure.render()
+    html = stable_ids(figure.render())
     remote = _REMOTE.search(html)
     if remote:
         raise GeocnnError(f"{out_html}: folium {folium.__version__} added a script or stylesheet from the internet "

@@ -55,7 +55,8 @@ def test_a_run_is_described_attributed_and_readable_by_others(tmp_path: Path, ca
     note = tags["mlflow.note.content"]
     m = summary["metrics"]
     assert note.startswith("test_resnet (classification) trained on 120 samples of ")
-    assert f"accuracy {m['test/accuracy']:.4f} vs baseline {m['baseline/accuracy']:.4f}" in note
+    assert (f"accuracy {m['test/accuracy']:.4f} [95% bootstrap interval {m['test/accuracy_ci_low']:.4f}, "
+            f"{m['test/accuracy_ci_high']:.4f}] vs baseline {m['baseline/accuracy']:.4f}") in note
     # the dataset input (the UI's Dataset column): name, content digest, source, schema, rows
     [inp] = run.inputs.dataset_inputs
     assert inp.dataset.name == "prov-data" and inp.dataset.digest == summary["store_key"][:36]
