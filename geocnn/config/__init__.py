@@ -10,6 +10,7 @@ from geocnn.config.common import (
                                   Strict,
                                   TrackingConfig,
                                   TrainConfig,
+                                  metric_direction,
 )
 from geocnn.config.earth import EARTH_FORMATS, EarthConfig, EarthData, MapsConfig, TwoStageConfig
 from geocnn.config.experiment import (
@@ -33,11 +34,12 @@ from geocnn.config.load import (
                                   validate,
 )
 from geocnn.config.pretrain import PretrainConfig, ViewsConfig
+from geocnn.config.tune import Dimension, TuneConfig
 from geocnn.config.uncertainty import UncertaintyConfig
 
 __all__ = ["AnyExperiment", "AugmentConfig", "DATA_ENV", "EARTH_FORMATS", "EarthConfig", "EarthData",
            "EarthExperiment", "ExperimentBase", "ExperimentConfig", "GALAXY_FORMATS", "GalaxyData",
            "GalaxyExperiment", "MapsConfig", "ModelConfig", "OptimConfig", "OrchestrationConfig", "PretrainConfig",
            "ScheduleConfig", "SplitConfig", "Strict", "ViewsConfig",
-           "TrackingConfig", "TrainConfig", "TwoStageConfig", "UncertaintyConfig", "apply_overrides", "derive", "domain_of", "expand_env",
-           "expand_tree", "flatten", "load_config", "shared_data_default", "validate"]
+           "TrackingConfig", "TrainConfig", "TuneConfig", "Dimension", "TwoStageConfig", "UncertaintyConfig", "apply_overrides", "derive", "domain_of", "expand_env",
+           "expand_tree", "flatten", "load_config", "metric_direction", "shared_data_default", "validate"]

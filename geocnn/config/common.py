@@ -249,8 +249,13 @@ class TrainConfig(Strict):
         """min or max for the monitored metric, inferring 'auto' from its name."""
         if self.monitor_mode != "auto":
             return self.monitor_mode
-        leaf = self.monitor_metric.rsplit("/", 1)[-1]
-        return "max" if any(k in leaf for k in ("accuracy", "auc", "r2", "pearson")) else "min"
+        return metric_direction(self.monitor_metric)
+
+
+def metric_direction(name: str) -> Literal["min", "max"]:
+    """Whether a metric improves up (accuracy, balanced accuracy, AUC, r2, pearson) or down (losses, errors)."""
+    leaf = name.rsplit("/", 1)[-1]
+    return "max" if any(k in leaf for k in ("accuracy", "auc", "r2", "pearson")) else "min"
 
 
 # pydantic warns that the field `register` shadows ABCMeta.register (virtual subclasses), which no config uses.

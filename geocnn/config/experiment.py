@@ -20,6 +20,7 @@ from geocnn.config.common import (
 from geocnn.config.earth import EARTH_FORMATS, EarthConfig, EarthData, MapsConfig, TwoStageConfig
 from geocnn.config.galaxy import GalaxyData
 from geocnn.config.pretrain import PretrainConfig
+from geocnn.config.tune import TuneConfig
 from geocnn.config.uncertainty import UncertaintyConfig
 
 EARTH_SECTIONS = ("earth", "two_stage", "maps")
@@ -41,6 +42,7 @@ class ExperimentBase(Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     uncertainty: UncertaintyConfig = Field(default_factory=UncertaintyConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     pretrain: PretrainConfig | None = Field(None, description="Self-supervised encoder pretraining (`geocnn "
                                             "pretrain`); unset: defaults when that command runs.")
 

@@ -274,3 +274,44 @@ def set_tags(run_id: str, tags: dict[str, str]) -> None:
 def set_alias(name: str, alias: str, version: str | int, uri: str | None = None) -> None:
     """Point a registry alias (e.g. 'champion') at a model version."""
     MlflowClient(tracking_uri(uri)).set_registered_model_alias(name, alias, str(version))
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    """Write ``text`` as an artifact of the run (e.g. 'model/anatomy.txt', 'tune/best_config.yaml')."""
+    client().log_text(run_id, text, artifact_file)
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of a metric logged step by step (per-epoch curves), in step order."""
+    return sorted((m.step, float(m.value)) for m in client().get_metric_history(run_id, key))
+
+
+def run_status(run_id: str) -> str | None:
+    """A run's status (RUNNING, FINISHED, FAILED, KILLED), or None when the store has no such run."""
+    try:
+        return client().get_run(run_id).info.status
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def reopen_run(run_id: str) -> None:
+    """Mark a run RUNNING again (a resumed study's parent run)."""
+    client().update_run(run_id, status="RUNNING")
+
+
+def child_runs(parent: str, experiment_id: str | None = None) -> list[Any]:
+    """The runs whose ``mlflow.parentRunId`` is ``parent`` (oldest first)."""
+    c = client()
+    exp = experiment_id or c.get_run(parent).info.experiment_id
+    runs = c.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=5000,
+                         order_by=["attributes.start_time ASC"])
+    return list(runs)
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    """Log parameters the run does not hold yet (values cut to MLflow's 6000 characters)."""
+    c = client()
+    existing = c.get_run(run_id).data.params
+    new = {k: str(v)[:6000] for k, v in params.items() if k not in existing}
+    if new:
+        c.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in new.items()])

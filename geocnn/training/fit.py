@@ -23,6 +23,7 @@ from geocnn.models.backbones import apply_transfer
 from geocnn.models.network import GeoNet, NetSpec
 from geocnn.models.start import resolve_start
 from geocnn.models.weights import LoadReport, load_weights, weights_normalisation
+from geocnn.training import hooks
 from geocnn.training.module import GeoTask
 from geocnn.training.progress import EpochLines, bars_show
 from geocnn.training.ranks import is_global_zero
@@ -120,7 +121,7 @@ def fit(view: SplitView, fs: FitSpec, callbacks: list[L.Callback] | None = None,
     # checkpoint callbacks last), so a resumed run never misses an epoch in its metric history.
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
                            save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
-    cbs: list[L.Callback] = [best, *(callbacks or [])]
+    cbs: list[L.Callback] = [best, *(callbacks or []), *hooks.current().next_callbacks()]
     bars = progress and bars_show()
     if progress and not bars and zero:  # a log file or a pipe: one line per epoch instead of bars
         cbs.append(EpochLines(monitor))
