@@ -266,6 +266,60 @@ def train(config: Annotated[Path, typer.Argument(help="Experiment YAML (see conf
 
 @app.command()
 @guarded
+def tune(config: Annotated[Path, typer.Argument(help="Experiment YAML with a tune: section (see README).")],
+         set_: SetOption = None,
+         trials: Annotated[Optional[int], typer.Option("--trials", help="tune.n_trials.")] = None,
+         timeout_min: Annotated[Optional[float], typer.Option("--timeout-min", help="tune.timeout_min.")] = None,
+         parallel: Annotated[Optional[int], typer.Option("--parallel", help="tune.parallel (trials at once, on "
+                                                         "orchestration.task_runner).")] = None,
+         storage: Annotated[Optional[str], typer.Option("--storage", help="tune.storage (Optuna database URL).")]
+         = None,
+         no_refit: Annotated[bool, typer.Option("--no-refit", help="Validation only: do not score the best "
+                                                "configuration on test.")] = False,
+         write_config: Annotated[Optional[Path], typer.Option("--write-config", help="Also write the chosen "
+                                                              "config here (e.g. the config file itself).")] = None,
+         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run without Prefect.")] = False,
+         ) -> None:
+    """Search tune.space on validation (Optuna, MLflow child runs), then score the best configuration on test once."""
+    from geocnn.config import load_config
+
+    overrides = list(set_ or [])
+    for key, value in (("n_trials", trials), ("timeout_min", timeout_min), ("parallel", parallel),
+                       ("storage", storage)):
+        if value is not None:
+            overrides.append(f"tune.{key}={value}")
+    if no_refit:
+        overrides.append("tune.refit=false")
+    cfg = load_config(config, overrides)  # a config error answers before any flow starts
+    from geocnn.models.start import check_model
+    from geocnn.tuning.search import summary_lines
+
+    check_model(cfg)
+    if no_prefect:
+        from geocnn import fanout
+        from geocnn.tuning.search import tune as run_tune
+        from pipelines.fanout import mapper_for
+
+        with mapper_for(cfg.orchestration) as mapper, fanout.using(mapper):
+            summary = run_tune(cfg, source=config, overrides=overrides, write_config=write_config)
+    else:
+        from pipelines.tune import tune_flow
+
+        with prefect_console():
+            summary = tune_flow(str(config), overrides, str(write_config) if write_config else None)
+    if summary.get("final"):
+        typer.echo("final run of the best configuration (test scored once):")
+        print_summary(summary["final"])
+    for line in summary_lines(summary):
+        typer.echo(line)
+    for plot in summary["plots"]:
+        typer.echo(f"  plot: {plot}")
+    if summary.get("parent_run"):
+        typer.echo(f"MLflow parent run: {summary['parent_run']} (trials are its child runs)")
+
+
+@app.command()
+@guarded
 def pretrain(config: Annotated[Path, typer.Argument(help="Experiment YAML (its data, model.backbone, pretrain).")],
              set_: SetOption = None,
              out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default pretrain.out).")]
@@ -829,6 +883,40 @@ def config(path: Annotated[Path, typer.Argument(help="Experiment YAML.")], set_:
 
     cfg = check_model(load_config(path, set_ or []))
     typer.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+
+@app.command()
+@guarded
+def describe(
+    target: Annotated[str, typer.Argument(help="A timm model name (resnet18), an experiment YAML or a bundle folder.")],
+    chip_size: Annotated[Optional[int], typer.Option("--chip-size", help="Chip side in pixels (default: 224 for a "
+                                                     "model name; data.chip_size / the bundle's).")] = None,
+    bands: Annotated[Optional[int], typer.Option("--bands", help="Input bands (default: 3 for a model name; the "
+                                                 "config's or bundle's).")] = None,
+    transfer: Annotated[Optional[str], typer.Option("--transfer", help="Count trainable parameters under this "
+                                                    "model.transfer: from_scratch, linear_probe, partial, full "
+                                                    "(default: the config's; all trainable otherwise).")] = None,
+    n_blocks: Annotated[Optional[int], typer.Option("--n-blocks", help="model.n_blocks for --transfer partial.")]
+    = None,
+    layers: Annotated[bool, typer.Option("--layers", help="Also one row per leaf layer (slower: a receptive "
+                                         "field per layer).")] = False,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table as CSV here.")] = None,
+    max_probe: Annotated[int, typer.Option("--max-probe", help="Largest input side in pixels the receptive field "
+                                           "is probed on; larger fields print as >=.")] = 1024,
+    set_: SetOption = None,
+) -> None:
+    """What the network does to a chip: per stage its output shape, stride, receptive field, parameters
+    (trainable under the transfer mode) and multiply-adds, measured on the real model; warns when the chip is
+    too small for it."""
+    from geocnn.atomic import atomic_path
+    from geocnn.domains.anatomy import describe_target
+
+    anatomy = describe_target(target, chip_size, bands, transfer, n_blocks, layers, max_probe, list(set_ or []))
+    typer.echo(anatomy.to_text(), nl=False)
+    if csv is not None:
+        with atomic_path(csv) as tmp:
+            anatomy.to_frame().to_csv(tmp, index=False)
+        typer.echo(f"table: {csv}")
 
 
 weights_app = typer.Typer(help="Pretrained starting points: where a model.weights spec is, and fetching it.",

@@ -8,16 +8,18 @@ from pydantic import Field
 
 from geocnn.config.common import Strict
 
-GALAXY_FORMATS = ("kaggle", "zoobot", "folders", "csv", "synthetic")
+GALAXY_FORMATS = ("kaggle", "zoobot", "folders", "csv", "synthetic", "digits")
 
 
 class GalaxyData(Strict):
     """Where the galaxy images and labels come from, and how they are cut into chips."""
 
-    format: Literal["kaggle", "zoobot", "folders", "csv", "synthetic"] = Field(
+    format: Literal["kaggle", "zoobot", "folders", "csv", "synthetic", "digits"] = Field(
         "csv", description="Reader: kaggle (GalaxyID + Class1.1..Class11.6), zoobot (GZ DECaLS id_str/iauname + "
         "vote columns), folders (one subfolder per class), csv (any id/file/target columns), synthetic (generated "
-        "galaxies). Earth formats (survey, synthetic_earth) make an Earth experiment.")
+        "galaxies), digits (scikit-learn's 1,797 real handwritten digits 0-9, shipped in its wheel: 32x32 PNGs "
+        "written beside data.store_root, target 'digit'). Earth formats (survey, synthetic_earth) make an Earth "
+        "experiment.")
     catalog: str | None = Field(None, description="Catalog file (CSV/Parquet); not used by 'folders'/'synthetic'.")
     images: str | None = Field(None, description="Image folder; relative file paths in the catalog resolve "
                                "against it (default: the catalog's folder).")

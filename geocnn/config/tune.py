@@ -130,6 +130,9 @@ def parse_dimension(key: str, spec: Any) -> Dimension:
             raise ValueError(f"{where}: the choices {list(spec)} repeat a value")
         return Dimension(key, "categorical", choices=tuple(spec))
     m = _CALL.match(str(spec)) if isinstance(spec, str) else None
+    if m is None and isinstance(spec, str) and re.match(rf"^\s*({'|'.join(KINDS)})\s*\([^)]*$", spec):
+        raise ValueError(f"{where}={spec!r}: the range was cut at its comma (a YAML flow mapping {{...}} splits on "
+                         f"commas): quote it, '{spec}, ...)', or write --set {where}='{spec}, ...)'")
     if m is None or m.group(1) not in KINDS:
         raise ValueError(f"{where}={spec!r}: write a list of choices (e.g. [sgd, adamw]) or one of "
                          "loguniform(low, high), uniform(low, high), int(low, high[, step]), logint(low, high)")
@@ -191,6 +194,13 @@ class TuneConfig(Strict):
                                     "the space), so the study reports what the search gained over them.")
     refit: bool = Field(True, description="Retrain the best configuration and score it on test, once, as a normal "
                         "run (bundle, registry, exports); off: validation only, test untouched.")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _nested_keys(cls, value: Any) -> Any:
+        """``{train: {optimizer: {lr: ...}}}`` (e.g. from --set tune.space.train.optimizer.lr=...) means the dotted
+        key ``train.optimizer.lr``; lists are choices, so only mappings nest."""
+        return flatten_mapping(value) if isinstance(value, dict) else value
 
     @field_validator("space")
     @classmethod

@@ -36,6 +36,7 @@ from geocnn.data.profile import (
 )
 from geocnn.data.splits import n_folds, sample_groups, split_store
 from geocnn.data.store import ChipStore
+from geocnn.domains.anatomy import log_run_anatomy
 from geocnn.domains.calibrate import (
     calibrate,
     calibrated_columns,
@@ -59,6 +60,7 @@ from geocnn.tracking import registry
 from geocnn.tracking import runs as tracking
 from geocnn.tracking.model_uri import download_artifact, resolve_model
 from geocnn.tracking.pyfunc import log_bundle_model, logged_model_name
+from geocnn.training import hooks
 from geocnn.training.fit import FitResult, FitSpec, fit
 from geocnn.training.ranks import global_rank, is_global_zero
 from geocnn.training.resume import checkpoint_epoch, content_key, read_state, resume_checkpoint, write_state
@@ -190,6 +192,11 @@ class Domain:
     def promotion_metric(self, cfg: AnyExperiment) -> str:
         """The default validation metric deciding promotion."""
         return task_spec(cfg.model.task).promotion_metric
+
+    def prunable(self, cfg: AnyExperiment) -> bool:
+        """Whether a search may stop this config's trials early on their per-epoch validation metrics (they must
+        be the metrics of the model the trial is scored on)."""
+        return True
 
     def baselines(self, store: ChipStore, samples: pd.DataFrame, y: np.ndarray, folds: np.ndarray,
                   groups: np.ndarray | None, cfg: AnyExperiment) -> dict[str, np.ndarray]:
@@ -479,11 +486,13 @@ def fit_fold(job: FoldJob) -> FoldOutput:
     if not is_global_zero():  # a data-parallel worker rank: rank 0 predicts, scores and writes
         empty = np.full((len(samples), spec.n_outputs(targets)), np.nan)
         return FoldOutput(result, empty, view.sample_split(), {})
-    held = np.flatnonzero(np.isin(view.split, ["test", "val"]))
+    validation_only = hooks.current().validation_only  # a search's trial: never the test rows
+    held = np.flatnonzero(np.isin(view.split, ["val"] if validation_only else ["test", "val"]))
     forward = Forward(result.net, plan.views, plan.device)
     chip_pred = np.full((len(codes), spec.n_outputs(targets)), np.nan)
-    chip_pred[held] = forward(store.chips, held, plan.batch_size, job.progress, "evaluate held-out")
-    if f is None:  # one split: the training rows are in the table too, with train_views (not scored)
+    chip_pred[held] = forward(store.chips, held, plan.batch_size, job.progress,
+                              "evaluate validation" if validation_only else "evaluate held-out")
+    if f is None and not validation_only:  # one split: the training rows are in the table too (not scored)
         train_rows = np.flatnonzero(~np.isin(view.split, ["test", "val"]))
         forward.views = plan.train_views
         chip_pred[train_rows] = forward(store.chips, train_rows, plan.batch_size, job.progress, "predict train")
@@ -655,6 +664,7 @@ def track(run_id: str, trained: Trained, evaluation: Evaluation, paths: dict[str
     review = [p for k, p in paths.items() if k.startswith("review")]  # what to look at next (galaxies)
     if review:
         tracking.log_artifacts(run_id, review, "review")
+    log_run_anatomy(run_id, trained.net, store, cfg)  # model/anatomy.txt and .csv: shapes, strides, RF, params, MACs
     table = evaluation.table
     labels = table["fold"] if "fold" in table.columns else table["split"]
     signature = registry.split_signature(table["id"].to_numpy(), labels.astype(str).to_numpy())
@@ -785,7 +795,7 @@ def champion_rescore(cfg: AnyExperiment, name: str, store: ChipStore, trained: T
 
 
 # ----------------------------------------------------------------------------------------------- run state
-def open_run(cfg: AnyExperiment, domain: Domain) -> str | None:
+def open_run(cfg: AnyExperiment, domain: Domain, parent: str | None = None) -> str | None:
     """Start the MLflow run, or reopen the one an interrupted run of the same command left unfinished.
 
     A run killed or failed before it finished is continued by the next run of the same config in the same
@@ -804,7 +814,7 @@ def open_run(cfg: AnyExperiment, domain: Domain) -> str | None:
     # the unfinished run is reopened either way; it is tagged resumed only when training continues a checkpoint
     run_id = tracking.start_run(cfg, resume_run_id=previous,
                                 resumed_at_epoch=checkpoint_epoch(last) + 1 if last else None,
-                                task=domain.task_tag(cfg))
+                                task=domain.task_tag(cfg), parent=parent)
     write_state(cfg.out, run_id=run_id, run_finished=False, config=key)
     return run_id
 
@@ -867,11 +877,12 @@ class Steps:
 
 
 def run_experiment(cfg: AnyExperiment, domain: Domain, progress: bool = True,
-                   steps: Steps | None = None) -> dict[str, Any]:
+                   steps: Steps | None = None, parent_run: str | None = None) -> dict[str, Any]:
     """The whole experiment of any domain: ingest -> split and fit -> evaluate -> export -> track and promote.
 
     The MLflow run is opened after ingest and the split checks (bad input fails before any run or output exists)
-    and marked FAILED when a later step fails; rerunning the same command resumes it.
+    and marked FAILED when a later step fails; rerunning the same command resumes it. ``parent_run``: the run is
+    a child of that MLflow run (a search's final scoring of its best configuration).
     """
     cfg = check_model(cfg)  # a typo or weights not on this machine fail before any data is read
     zero = is_global_zero()  # data-parallel: only global rank 0 writes outputs, state files and tracking
@@ -884,7 +895,7 @@ def run_experiment(cfg: AnyExperiment, domain: Domain, progress: bool = True,
     if not zero:  # another DDP rank: the same fits as rank 0 (their collectives need every rank), then nothing
         steps.train(store, cfg, None, progress=False)
         return {"rank": global_rank()}
-    run_id = open_run(cfg, domain)
+    run_id = open_run(cfg, domain, parent_run)
     try:
         trained = steps.train(store, cfg, run_id, progress=progress)
         evaluation = steps.evaluate(trained, store, cfg, domain)

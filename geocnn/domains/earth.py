@@ -49,6 +49,7 @@ from geocnn.outputs.aggregate import aggregate
 from geocnn.outputs.webmap import VECTOR_SUFFIXES, write_webmap
 from geocnn.synthetic.earth import make_scene
 from geocnn.tracking import runs as tracking
+from geocnn.training import hooks
 
 STAGE1_SPLIT = {"method": "random", "val_fraction": 0.15, "test_fraction": 0.15}
 """Stage 1 learns night lights on chips sampled across the scene: any split of them is honest for its own score."""
@@ -173,6 +174,10 @@ class EarthDomain(Domain):
 
     def promotion_metric(self, cfg: EarthExperiment) -> str:
         return "validation/r2"
+
+    def prunable(self, cfg: EarthExperiment) -> bool:
+        """Two-stage trials are scored by stage 2's inner grouped folds; the epochs are stage 1's (another task)."""
+        return not cfg.two_stage.enabled
 
     def predict_batch_size(self, cfg: EarthExperiment) -> int:
         return cfg.maps.batch_size
@@ -355,13 +360,15 @@ def train_two_stage(domain: EarthDomain, store: ChipStore, cfg: EarthExperiment,
         stage1 = train_cnn(store1, plan1, s1_run, progress=progress)
         spec1, t1 = task_spec(task), Targets(store1.targets, store1.classes)
         y1 = spec1.target_array(store1.samples(), t1)
-        s1_metrics, _ = held_out_metrics(stage1, y1, spec1, t1)
+        validation_only = hooks.current().validation_only  # a search's trial: stage 1 scored on validation only
+        s1_metrics = {} if validation_only else held_out_metrics(stage1, y1, spec1, t1)[0]
         s1_metrics.update(stage1.validation)
-        if s1_run:
-            tracking.log_metrics(s1_run, s1_metrics)
+        if s1_run and not validation_only:
             scored = stage1.split == "test"
             plot = spec1.plot(y1[scored], stage1.pred[scored], t1, cfg.out / "stage1" / "plots")
             tracking.log_artifacts(s1_run, [plot], "plots")
+        if s1_run:
+            tracking.log_metrics(s1_run, s1_metrics)
     except BaseException:
         if s1_run:
             tracking.end_run(s1_run, "FAILED")

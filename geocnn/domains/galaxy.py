@@ -12,6 +12,7 @@ from geocnn.data.catalog import IMAGE, SPLIT, Catalog, name_classes
 from geocnn.data.chips import ChipSpec
 from geocnn.data.fingerprint import files_under
 from geocnn.data.schema import DecisionTree
+from geocnn.data.sources.digits import write_digits
 from geocnn.data.sources.galaxy_tables import read_class_names, read_galaxy_catalog
 from geocnn.data.sources.images import folder_of
 from geocnn.data.store import ChipStore, build_store
@@ -179,8 +180,11 @@ class GalaxyDomain(Domain):
     watch_patterns = ("*.jpg", "*.jpeg", "*.png", "*.fits", "*.fit", "*.tif", "*.tiff", "*.npy", "*.npz")
 
     def prepare(self, cfg: GalaxyExperiment) -> GalaxyExperiment:
-        """data.format=synthetic: generate (or reuse) the galaxies and point the config at their catalog."""
+        """data.format=synthetic: generate (or reuse) the galaxies and point the config at their catalog; digits:
+        the same with scikit-learn's handwritten digits (:func:`geocnn.data.sources.digits.write_digits`)."""
         data = cfg.data
+        if data.format == "digits":
+            return self.prepare_digits(cfg)
         if data.format != "synthetic":
             return cfg
         folder = Path(data.store_root).parent / "synthetic" / \
@@ -190,6 +194,17 @@ class GalaxyDomain(Domain):
             make_galaxies(folder, data.synthetic_count, data.synthetic_size, seed=data.synthetic_seed)
         return derive(cfg, {"data.format": "csv", "data.catalog": str(csv), "data.images": str(folder),
                             "data.targets": data.targets or ["morphology"]})
+
+    def prepare_digits(self, cfg: GalaxyExperiment) -> GalaxyExperiment:
+        """Write (or reuse) the digits folder beside the chip stores and point the config at its catalog (a csv
+        catalog of images/<id>.png with target 'digit' unless data.targets says otherwise)."""
+        data = cfg.data
+        folder = Path(data.store_root).parent / "digits"
+        csv = folder / "catalog.csv"
+        if not csv.exists():  # written last, so a folder with its catalog is complete
+            write_digits(folder)
+        return derive(cfg, {"data.format": "csv", "data.catalog": str(csv), "data.images": str(folder),
+                            "data.targets": data.targets or ["digit"]})
 
     def catalog(self, cfg: GalaxyExperiment) -> Catalog:
         catalog = task_spec(cfg.model.task).prepare(read_galaxy_catalog(self.prepare(cfg).data))

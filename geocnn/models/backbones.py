@@ -9,6 +9,7 @@ from timm.models._manipulate import group_with_matcher
 from torch import nn
 
 from geocnn.errors import GeocnnError
+from geocnn.models import lenet  # noqa: F401  (registers lenet5 and lenet5_relu with timm, so names find them)
 from geocnn.models.weight_sources import Located, locate
 from geocnn.models.weights import LoadReport, load_weights
 

@@ -48,8 +48,9 @@ def study_plots(study: optuna.Study, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     plots = [_save(lambda: ovm.plot_optimization_history(study), folder / "optimization_history.png"),
-             _save(lambda: ovm.plot_parallel_coordinate(study), folder / "parallel_coordinate.png"),
-             _save(lambda: ovm.plot_intermediate_values(study), folder / "intermediate_values.png")]
+             _save(lambda: ovm.plot_parallel_coordinate(study), folder / "parallel_coordinate.png")]
+    if any(t.intermediate_values for t in study.trials):  # per-epoch reports (pruning on)
+        plots.append(_save(lambda: ovm.plot_intermediate_values(study), folder / "intermediate_values.png"))
     if len(finished) >= 2 and len({str(t.params) for t in finished}) >= 2:
         plots.append(_save(lambda: ovm.plot_param_importances(study), folder / "param_importances.png"))
     return [p for p in plots if p is not None]
