@@ -78,6 +78,9 @@ def learning_curves(curves: Curves, objective: str, path: Path, title: str) -> P
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
+        values = [v for m in curves.values() for _, v in m.get(name, [])]
+        if name.endswith("loss") and values and min(values) > 0 and max(values) / min(values) > 50:
+            ax.set_yscale("log")  # converging and diverging trials on one axis
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.suptitle(title, fontsize=10)
