@@ -41,5 +41,6 @@ __all__ = ["AnyExperiment", "AugmentConfig", "DATA_ENV", "EARTH_FORMATS", "Earth
            "EarthExperiment", "ExperimentBase", "ExperimentConfig", "GALAXY_FORMATS", "GalaxyData",
            "GalaxyExperiment", "MapsConfig", "ModelConfig", "OptimConfig", "OrchestrationConfig", "PretrainConfig",
            "ScheduleConfig", "SplitConfig", "Strict", "ViewsConfig",
-           "TrackingConfig", "TrainConfig", "TuneConfig", "Dimension", "TwoStageConfig", "UncertaintyConfig", "apply_overrides", "derive", "domain_of", "expand_env",
+           "TrackingConfig", "TrainConfig", "TuneConfig", "Dimension", "TwoStageConfig", "UncertaintyConfig",
+           "apply_overrides", "derive", "domain_of", "expand_env",
            "expand_tree", "flatten", "load_config", "metric_direction", "shared_data_default", "validate"]

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from geocnn.config.experiment import EARTH_SECTIONS, AnyExperiment, ExperimentConfig
+from geocnn.config.tune import flatten_mapping
 from geocnn.errors import GeocnnError
 
 DATA_ENV = "GEOCNN_SHARED_DATA"
@@ -146,12 +147,4 @@ def derive(cfg: AnyExperiment, changes: dict[str, Any]) -> AnyExperiment:
 
 def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten a config into ``a.b.c -> value`` pairs (for MLflow params)."""
-    tree = cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+    return flatten_mapping(cfg.model_dump() if isinstance(cfg, BaseModel) else cfg, prefix)

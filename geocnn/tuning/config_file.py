@@ -12,7 +12,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from geocnn.atomic import atomic_path
-from geocnn.config import AnyExperiment, apply_overrides
+from geocnn.config import AnyExperiment, apply_overrides, flatten
 
 MARK = "# Chosen on validation by `geocnn tune`"
 
@@ -40,7 +40,7 @@ def write_tuned_config(path: Path, cfg: AnyExperiment, changes: dict[str, Any], 
     if source is not None and Path(source).exists():
         tree = rt.load(Path(source).read_text()) or CommentedMap()
         plain = apply_overrides({}, list(overrides or []))
-        for key, value in _flat(plain).items():
+        for key, value in flatten(plain).items():
             _set(tree, key, value)
     else:
         tree = CommentedMap(cfg.model_dump(mode="json", exclude_defaults=True))
@@ -61,12 +61,3 @@ def write_tuned_config(path: Path, cfg: AnyExperiment, changes: dict[str, Any], 
         tmp.write_text(text)
     return path
 
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

@@ -4,9 +4,9 @@ task runner with a shared storage, resumable; the best configuration scored on t
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,8 +38,6 @@ from geocnn.tuning.study import (
     study_lock,
 )
 from geocnn.tuning.trial import TrialContext, run_trial
-
-LOG = logging.getLogger("geocnn")
 
 
 @dataclass(frozen=True)
@@ -199,7 +197,7 @@ def tune(cfg: AnyExperiment, progress: bool = True, steps: Steps | None = None, 
     folder = study_folder(cfg)
     url = storage_url(cfg)
     local = is_local(url)
-    with study_lock(folder) if local else _nothing():
+    with study_lock(folder) if local else nullcontext():
         study = open_study(cfg, url, direction, cfg.seed, cfg.train.epochs * k, prunable)
         retried = retry_killed(study) if local else []
         if retried and progress:
@@ -233,14 +231,6 @@ def tune(cfg: AnyExperiment, progress: bool = True, steps: Steps | None = None, 
         return _conclude(cfg, domain, study, ctx, folder, elapsed, steps, source, overrides, write_config)
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _parent_run(cfg: AnyExperiment, study: optuna.Study, metric: str, direction: str, url: str) -> str | None:
     """The study's MLflow parent run: reopened when the study continues, else created (None: tracking off)."""
     if not cfg.tracking.enabled:
@@ -261,8 +251,9 @@ def _parent_run(cfg: AnyExperiment, study: optuna.Study, metric: str, direction:
 
 
 def _label(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k.rsplit('.', 1)[-1] if '{' not in str(v) else ''}{'=' if '{' not in str(v) else ''}"
-                     f"{_short(v)}" for k, v in params.items())
+    """A trial's values for a legend: ``lr=0.01, {name: adam}`` (a mapping choice shows as itself)."""
+    return ", ".join(_short(v) if str(v).startswith("{") else f"{k.rsplit('.', 1)[-1]}={_short(v)}"
+                     for k, v in params.items())
 
 
 def _short(v: Any, digits: int = 3) -> str:

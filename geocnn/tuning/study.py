@@ -134,7 +134,7 @@ def retry_killed(study: optuna.Study) -> list[int]:
     (their fits resume from the last checkpoint of the same output folder). Call only under :func:`study_lock`."""
     retried = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # the documented way of failing a trial
+        study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"geocnn.retry_of": t.number}, skip_if_exists=False)
         retried.append(t.number)
     return retried

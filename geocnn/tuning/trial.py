@@ -4,7 +4,6 @@ only (never test), as an MLflow child run with per-epoch curves; unpromising tri
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ from geocnn.errors import GeocnnError
 from geocnn.tracking import runs as tracking
 from geocnn.training import hooks
 from geocnn.training.resume import content_key
-
-LOG = logging.getLogger("geocnn")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,7 @@ KAGGLE_PARENTS = {"Class2": "Class1.2", "Class3": "Class2.2", "Class4": "Class2.
 KAGGLE_ROOTS = {"Class1", "Class6"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models on shared CPUs: one intra-op thread avoids oversubscription stalls (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tree_violations(values: np.ndarray, tree: DecisionTree, tol: float = 1e-3) -> list[str]:
